@@ -1,0 +1,1 @@
+"""effnetx_jax: EfficientNet-X in JAX/Flax."""

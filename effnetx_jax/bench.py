@@ -1,0 +1,141 @@
+"""`python -m effnetx_jax.bench NAME --batch N --mode infer|train`: measured speed on this device.
+
+Compiles ahead of time (reported separately), runs warm-up steps, then times each step with
+`block_until_ready` and reports the median and minimum step time and images/s at the median.
+`train` times forward + backward + BatchNorm statistics update + an SGD parameter update; the
+optimizer of the training recipe adds only elementwise work on the parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from effnetx_jax import config_files
+from effnetx_jax.models import create_model, model_config
+
+
+def _infer_step(model):
+    def step(variables, images):
+        return model.apply(variables, images, train=False)
+
+    return step
+
+
+def _train_step(model):
+    def step(variables, images, labels, rng):
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]},
+                images,
+                train=True,
+                rngs={"dropout": rng},
+                mutable=["batch_stats"],
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
+
+        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+        params = jax.tree.map(lambda p, g: p - 1e-3 * g, variables["params"], grads)
+        return {"params": params, "batch_stats": updates["batch_stats"]}, loss
+
+    return step
+
+
+def benchmark(cfg, *, batch: int, mode: str = "infer", steps: int = 20, warmup: int = 3, resolution=None) -> dict:
+    """Times one model config; returns the numbers `main` prints."""
+    if mode not in ("infer", "train"):
+        raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
+    if batch < 1 or steps < 1 or warmup < 0:
+        raise ValueError(f"batch and steps must be >= 1 and warmup >= 0, got {batch}, {steps}, {warmup}")
+    model = create_model(cfg)
+    resolution = resolution or cfg.resolution
+    key_init, key_data = jax.random.split(jax.random.key(0))
+    images = jax.random.normal(key_data, (batch, resolution, resolution, 3), jnp.float32)
+    variables = jax.jit(lambda x: model.init({"params": key_init}, x))(images[:1])
+    if mode == "infer":
+        fn = jax.jit(_infer_step(model))
+        args = (variables, images)
+    else:
+        # Donate the state so the step updates in place, as a training loop would.
+        fn = jax.jit(_train_step(model), donate_argnums=0)
+        labels = jnp.zeros((batch,), jnp.int32)
+        args = (variables, images, labels, jax.random.key(1))
+
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        out = compiled(*args)
+        jax.block_until_ready(out)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+        if mode == "train":
+            args = (out[0], *args[1:])
+    median = statistics.median(times)
+    device = jax.devices()[0]
+    return {
+        "name": cfg.name,
+        "mode": mode,
+        "batch": batch,
+        "resolution": resolution,
+        "dtype": cfg.dtype,
+        "depthwise_impl": cfg.depthwise_impl,
+        "device": f"{device.platform}:{device.device_kind}",
+        "compile_s": round(compile_s, 3),
+        "steps": steps,
+        "median_ms": round(median * 1e3, 2),
+        "min_ms": round(min(times) * 1e3, 2),
+        "images_per_s": round(batch / median, 1),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m effnetx_jax.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="registered models, e.g. efficientnet-x-b0")
+    parser.add_argument("--config", help="a config file (path.py or path.py:arg) with a model section")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--mode", choices=("infer", "train"), default="infer")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--depthwise", choices=("auto", "xla", "shifted"), default="auto", help="depthwise conv implementation"
+    )
+    parser.add_argument("--resolution", type=int, help="input size (default: the model's own)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per model")
+    args = parser.parse_args(argv)
+    if bool(args.names) == bool(args.config):
+        parser.error("give model NAMEs or --config")
+    configs = [model_config(name) for name in args.names]
+    if args.config:
+        configs = [config_files.model_section(config_files.load_config(args.config))]
+    for cfg in configs:
+        cfg.dtype, cfg.depthwise_impl = args.dtype, args.depthwise
+        result = benchmark(
+            cfg, batch=args.batch, mode=args.mode, steps=args.steps, warmup=args.warmup, resolution=args.resolution
+        )
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            print(
+                f"{result['name']:<24} {result['mode']:<5} batch {result['batch']:>4} @ {result['resolution']}px "
+                f"{result['dtype']:<8} on {result['device']}: compile {result['compile_s']:.1f} s, "
+                f"step median {result['median_ms']:.1f} ms (min {result['min_ms']:.1f}), "
+                f"{result['images_per_s']:.1f} img/s",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Model description (block strings, scaling, registry, config) and the Flax modules built from it."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from effnetx_jax.models.block_string import BlockArgs, BlockStringError, decode, encode
+from effnetx_jax.models.config import architecture, model_config
+from effnetx_jax.models.efficientnet import EfficientNet
+from effnetx_jax.models.registry import FAMILIES, VARIANTS, family_members, get_variant
+from effnetx_jax.models.scaling import Architecture, BlockSpec, round_filters, round_repeats
+
+
+def create_model(cfg) -> EfficientNet:
+    """The Flax module for a model config (see `model_config`); validates the config first."""
+    return EfficientNet(architecture(cfg), dtype=jnp.dtype(cfg.dtype), depthwise_impl=cfg.depthwise_impl)
+
+
+__all__ = [
+    "FAMILIES",
+    "VARIANTS",
+    "Architecture",
+    "BlockArgs",
+    "BlockSpec",
+    "BlockStringError",
+    "EfficientNet",
+    "architecture",
+    "create_model",
+    "decode",
+    "encode",
+    "family_members",
+    "get_variant",
+    "model_config",
+    "round_filters",
+    "round_repeats",
+]

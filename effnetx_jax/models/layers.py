@@ -1,0 +1,138 @@
+"""Layers shared by the blocks: TF initialisers and padding, a backend-aware depthwise conv, BN,
+space-to-batch and drop-path."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Reference `conv_kernel_initializer`: N(0, sqrt(2 / fan_out)), fan_out = kh * kw * out_channels.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# Depthwise kernels are stored [kh, kw, 1, C] (Flax's grouped-conv layout); TF's [kh, kw, C, 1]
+# has fan_out = kh * kw * 1, so the "output" axis for the fan is the size-1 axis here.
+depthwise_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal", in_axis=-1, out_axis=-2)
+# Reference `dense_kernel_initializer`: U(-1/sqrt(units), 1/sqrt(units)) with units = outputs.
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
+
+ACTIVATION_FNS = {"relu": nn.relu, "swish": nn.swish}
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF 'SAME': total padding split with the odd pixel at the end."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+    """'auto' picks shifted slices on CPU, where XLA's grouped convolution is 5-30x slower."""
+    if impl == "auto":
+        return "shifted" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], impl: str) -> jax.Array:
+    """Depthwise conv of NHWC `x` with a [kh, kw, 1, C] kernel, TF SAME padding.
+
+    'xla' is a grouped convolution; 'shifted' sums kh*kw strided slices of the padded input times
+    per-channel weights. Both read the same kernel, so checkpoints do not depend on the choice.
+    """
+    kh, kw = kernel.shape[:2]
+    pads = (same_padding(x.shape[1], kh, strides[0]), same_padding(x.shape[2], kw, strides[1]))
+    if resolve_depthwise_impl(impl) == "xla":
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=strides,
+            padding=pads,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1],
+        )
+    padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    out_h, out_w = math.ceil(x.shape[1] / strides[0]), math.ceil(x.shape[2] / strides[1])
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            window = lax.slice(
+                padded,
+                (0, i, j, 0),
+                (x.shape[0], i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1, x.shape[3]),
+                (1, strides[0], strides[1], 1),
+            )
+            term = window * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+class DepthwiseConv(nn.Module):
+    kernel_size: int
+    strides: tuple[int, int]
+    impl: str = "auto"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param(
+            "kernel", depthwise_kernel_init, (self.kernel_size, self.kernel_size, 1, x.shape[-1]), jnp.float32
+        )
+        return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.impl)
+
+
+def conv(features: int, kernel_size: int, strides=(1, 1), *, dtype, use_bias=False, name=None) -> nn.Conv:
+    """A TF-style conv: SAME padding (odd pixel at the end, as `flax.linen.Conv`), float32 params."""
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=tuple(strides),
+        padding="SAME",
+        use_bias=use_bias,
+        kernel_init=conv_kernel_init,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def batch_norm(train: bool, momentum: float, epsilon: float, dtype, name=None) -> nn.BatchNorm:
+    """BN with statistics reduced in float32 whatever the compute dtype (flax's default)."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def space_to_batch(x: jax.Array, block: int) -> jax.Array:
+    """[N, H, W, C] -> [b*b*N, H/b, W/b, C] with TF `space_to_batch_nd` ordering.
+
+    Output batch index (i*b + j)*N + n holds pixels (h*b + i, w*b + j) of image n: each new image is
+    the sub-grid at one offset, so a k x k conv on it is a conv dilated by b on the original grid.
+    """
+    n, h, w, c = x.shape
+    if h % block or w % block:
+        raise ValueError(f"space_to_batch: block {block} does not divide the {h}x{w} feature map")
+    x = x.reshape(n, h // block, block, w // block, block, c)
+    x = x.transpose(2, 4, 0, 1, 3, 5)
+    return x.reshape(block * block * n, h // block, w // block, c)
+
+
+def batch_to_space(x: jax.Array, block: int) -> jax.Array:
+    """The inverse of `space_to_batch`."""
+    bn, h, w, c = x.shape
+    n = bn // (block * block)
+    x = x.reshape(block, block, n, h, w, c)
+    x = x.transpose(2, 3, 0, 4, 1, 5)
+    return x.reshape(n, h * block, w * block, c)
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Per-sample stochastic depth as the reference's `drop_connect`: x / keep * floor(keep + U)."""
+    keep = 1.0 - rate
+    mask = jnp.floor(keep + jax.random.uniform(rng, (x.shape[0],) + (1,) * (x.ndim - 1), dtype=jnp.float32))
+    return x / jnp.asarray(keep, x.dtype) * mask.astype(x.dtype)

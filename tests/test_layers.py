@@ -1,0 +1,96 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from effnetx_jax.models import layers
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride"), [(9, 3, 1), (9, 3, 2), (8, 2, 1), (8, 5, 2), (7, 5, 1), (6, 2, 2)]
+)
+def test_depthwise_implementations_agree_in_values_and_gradients(size, kernel, stride):
+    key_x, key_k, key_g = jax.random.split(jax.random.key(size * kernel + stride), 3)
+    x = jax.random.normal(key_x, (2, size, size + 1, 6))
+    w = jax.random.normal(key_k, (kernel, kernel, 1, 6))
+
+    def loss(impl):
+        def fn(x, w):
+            out = layers.depthwise_conv(x, w, (stride, stride), impl)
+            return jnp.sum(out * jax.random.normal(key_g, out.shape))
+
+        return fn
+
+    xla_value, xla_grads = jax.jit(jax.value_and_grad(loss("xla"), argnums=(0, 1)))(x, w)
+    shifted_value, shifted_grads = jax.jit(jax.value_and_grad(loss("shifted"), argnums=(0, 1)))(x, w)
+    np.testing.assert_allclose(shifted_value, xla_value, rtol=1e-5)
+    for shifted, xla in zip(shifted_grads, xla_grads, strict=True):
+        np.testing.assert_allclose(shifted, xla, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_depthwise_picks_shifted_slices_on_cpu():
+    assert layers.resolve_depthwise_impl("auto") == ("shifted" if jax.default_backend() == "cpu" else "xla")
+    assert layers.resolve_depthwise_impl("xla") == "xla"
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "pads"),
+    [(224, 3, 2, (0, 1)), (112, 2, 1, (0, 1)), (56, 5, 1, (2, 2)), (7, 3, 1, (1, 1))],
+)
+def test_tf_same_padding(size, kernel, stride, pads):
+    assert layers.same_padding(size, kernel, stride) == pads
+
+
+def test_space_to_batch_is_an_exact_inverse_pair():
+    x = jax.random.normal(jax.random.key(0), (3, 8, 12, 5))
+    y = layers.space_to_batch(x, 2)
+    assert y.shape == (12, 4, 6, 5)
+    np.testing.assert_array_equal(layers.batch_to_space(y, 2), x)
+    np.testing.assert_array_equal(layers.space_to_batch(layers.batch_to_space(y, 2), 2), y)
+    # TF space_to_batch_nd ordering: batch (i*b + j)*N + n holds pixels (h*b + i, w*b + j) of image n.
+    np.testing.assert_array_equal(y[(1 * 2 + 0) * 3 + 2], x[2, 1::2, 0::2])
+
+
+def test_conv_after_space_to_batch_is_a_dilated_conv():
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+    w = jax.random.normal(jax.random.key(2), (3, 3, 1, 4))
+    via_batch = layers.batch_to_space(layers.depthwise_conv(layers.space_to_batch(x, 2), w, (1, 1), "xla"), 2)
+    dilated = lax.conv_general_dilated(
+        x,
+        w,
+        (1, 1),
+        ((2, 2), (2, 2)),
+        rhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=4,
+    )
+    np.testing.assert_allclose(via_batch, dilated, rtol=1e-5, atol=1e-5)
+
+
+def test_space_to_batch_rejects_indivisible_maps():
+    with pytest.raises(ValueError, match="does not divide the 7x7"):
+        layers.space_to_batch(jnp.zeros((1, 7, 7, 2)), 2)
+
+
+def test_drop_path_keeps_the_expected_fraction_and_scale():
+    x = jnp.ones((20_000, 2, 2, 3))
+    out = layers.drop_path(x, 0.3, jax.random.key(0))
+    per_sample = out[:, 0, 0, 0]
+    kept = per_sample > 0
+    assert abs(float(kept.mean()) - 0.7) < 0.01
+    np.testing.assert_allclose(per_sample[kept], 1 / 0.7, rtol=1e-6)
+    # Whole samples are kept or dropped.
+    assert bool(jnp.all((out == 0).all(axis=(1, 2, 3)) | (out > 0).all(axis=(1, 2, 3))))
+
+
+def test_initialisers_follow_the_reference():
+    key = jax.random.key(0)
+    conv = layers.conv_kernel_init(key, (3, 3, 64, 128))
+    assert float(conv.std()) == pytest.approx((2 / (3 * 3 * 128)) ** 0.5, rel=0.02)
+    depthwise = layers.depthwise_kernel_init(key, (5, 5, 1, 4096))
+    assert float(depthwise.std()) == pytest.approx((2 / 25) ** 0.5, rel=0.02)
+    dense = layers.dense_kernel_init(key, (1280, 1000))
+    limit = 1 / 1000**0.5
+    assert float(dense.max()) <= limit and float(dense.min()) >= -limit
+    assert float(dense.max()) > 0.99 * limit
