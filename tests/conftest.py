@@ -2,9 +2,19 @@
 
 import jax
 import jax.numpy as jnp
-import pytest
 
-from effnetx_jax.models import create_model, model_config
+from effnetx_jax.models import model_config
+
+# One model that holds every block type: s2d (d1, then its d2 continuation ending at a stride-2 stage),
+# fused, space-to-batch, conv type 1, MBConv with and without SE, ReLU and swish, skip and noskip.
+EVERY_BLOCK = (
+    "r1_k3_s11_e1_i32_o16_se0.25_d1_a0",
+    "r2_k3_s22_e6_i16_o24_se0.25_f1_d2_a1",
+    "r2_k3_s11_e4_i24_o24_b2_a1",
+    "r1_k3_s22_e4_i24_o32_c1",
+    "r2_k5_s11_e6_i32_o32_se0.25_a0_noskip",
+    "r2_k3_s22_e6_i32_o40_se0.25",
+)
 
 
 def tiny_config(blocks, *, activation="relu", width=0.25, se_coefficient=1.0, **overrides):
@@ -27,17 +37,3 @@ def tiny_config(blocks, *, activation="relu", width=0.25, se_coefficient=1.0, **
 def init_variables(model, resolution=32, batch=2):
     images = jnp.zeros((batch, resolution, resolution, 3), jnp.float32)
     return jax.jit(lambda x: model.init({"params": jax.random.key(0)}, x))(images)
-
-
-@pytest.fixture
-def tiny_x_config():
-    return tiny_config(model_config("efficientnet-x-b0").blocks)
-
-
-@pytest.fixture
-def build():
-    def _build(cfg):
-        model = create_model(cfg)
-        return model, init_variables(model, cfg.resolution)
-
-    return _build

@@ -7,18 +7,7 @@ import pytest
 
 from effnetx_jax.models import architecture, create_model
 
-from conftest import init_variables, tiny_config
-
-# One model that holds every block type: s2d (d1, then its d2 continuation ending at a stride-2 stage),
-# fused, space-to-batch, conv type 1, MBConv with and without SE, ReLU and swish, skip and noskip.
-EVERY_BLOCK = (
-    "r1_k3_s11_e1_i32_o16_se0.25_d1_a0",
-    "r2_k3_s22_e6_i16_o24_se0.25_f1_d2_a1",
-    "r2_k3_s11_e4_i24_o24_b2_a1",
-    "r1_k3_s22_e4_i24_o32_c1",
-    "r2_k5_s11_e6_i32_o32_se0.25_a0_noskip",
-    "r2_k3_s22_e6_i32_o40_se0.25",
-)
+from conftest import EVERY_BLOCK, init_variables, tiny_config
 
 
 def test_every_block_type_is_present():

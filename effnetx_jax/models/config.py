@@ -159,7 +159,7 @@ def _check_space_to_batch(arch: Architecture) -> None:
         if spec.space_to_batch and not shapes.space_to_batch_fits(spec, *size):
             _fail(
                 "blocks",
-                f"stage {spec.stage} (block {spec.index}): space-to-batch b{spec.space_to_batch} needs "
+                f"stage {spec.stage + 1} (block {spec.index}): space-to-batch b{spec.space_to_batch} needs "
                 f"input and output feature maps divisible by {spec.space_to_batch}, got a "
                 f"{size[0]}x{size[1]} input at resolution {arch.resolution}",
             )

@@ -1,0 +1,82 @@
+"""Analytic MACs cross-checked against XLA's cost analysis of the model's own conv and dot ops."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from effnetx_jax.models import architecture, create_model, model_config
+from effnetx_jax.models.costs import total_macs
+from effnetx_jax.summary import abstract_variables
+
+from conftest import EVERY_BLOCK, tiny_config
+
+
+def _sub_jaxprs(params):
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jax.extend.core.ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, jax.extend.core.Jaxpr):
+                yield item
+
+
+def _without_padding(avals, params):
+    """The same conv on an input padded beforehand: XLA's cost analysis skips taps that land in the
+    padding, the MAC convention counts every tap (reference §1.5)."""
+    lhs, rhs = avals
+    spatial = params["dimension_numbers"].lhs_spec[2:]
+    shape = list(lhs.shape)
+    for axis, (low, high) in zip(spatial, params["padding"], strict=True):
+        shape[axis] += low + high
+    padding = tuple((0, 0) for _ in spatial)
+    return [jax.ShapeDtypeStruct(shape, lhs.dtype), rhs], {**params, "padding": padding}
+
+
+def xla_macs(model, variables, images) -> int:
+    """Half the flops XLA reports for every convolution and dot in the traced model."""
+    total = 0
+
+    def walk(jaxpr):
+        nonlocal total
+        for eqn in jaxpr.eqns:
+            for sub in _sub_jaxprs(eqn.params):
+                walk(sub)
+            if eqn.primitive.name not in ("conv_general_dilated", "dot_general"):
+                continue
+            avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars]
+            params = dict(eqn.params)
+            if eqn.primitive.name == "conv_general_dilated":
+                avals, params = _without_padding(avals, params)
+            lowered = jax.jit(lambda *args, p=eqn.primitive, kw=params: p.bind(*args, **kw)).lower(*avals)
+            total += round(lowered.cost_analysis()["flops"] / 2)
+
+    walk(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, images).jaxpr)
+    return total
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        model_config("efficientnet-b0"),
+        model_config("efficientnet-x-b0"),
+        tiny_config(EVERY_BLOCK, activation="swish", width=0.5),
+    ],
+    ids=["efficientnet-b0", "efficientnet-x-b0", "every-block-type"],
+)
+def test_analytic_macs_equal_xla_cost_analysis(cfg):
+    cfg.depthwise_impl = "xla"  # a convolution XLA can count, not shifted slices
+    model = create_model(cfg)
+    variables = abstract_variables(model, cfg.resolution)
+    images = jax.ShapeDtypeStruct((1, cfg.resolution, cfg.resolution, 3), jnp.float32)
+    assert xla_macs(model, variables, images) == total_macs(architecture(cfg))
+
+
+def test_whole_model_cost_analysis_differs_only_by_padding_and_elementwise_work():
+    # Documented in the README: XLA's whole-model flops skip padded taps and add BN/activation/SE work.
+    cfg = model_config("efficientnet-x-b0")
+    cfg.depthwise_impl = "xla"
+    model = create_model(cfg)
+    variables = abstract_variables(model, 224)
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    flops = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images).cost_analysis()["flops"]
+    assert flops / 2 == pytest.approx(total_macs(architecture(cfg)), rel=0.03)

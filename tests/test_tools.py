@@ -1,0 +1,100 @@
+"""The summary and bench command lines, run as a user runs them."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effnetx_jax import bench, summary
+from effnetx_jax.models import create_model, model_config
+from effnetx_jax.models.efficientnet import GatedProjection
+
+TINY_CONFIG = """
+from effnetx_jax.models import model_config
+
+def get_config(arg="relu"):
+    model = model_config("efficientnet-x-b0")
+    model.update(name="tiny", width=0.25, depth=0.5, resolution=32, num_classes=10, head_filters=64, activation=arg)
+    return model
+"""
+
+
+def run_module(module, *args):
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_summary_json_for_a_registered_model():
+    (entry,) = json.loads(run_module("effnetx_jax.summary", "efficientnet-x-b0", "--json"))
+    assert (entry["name"], entry["params"], entry["resolution"]) == ("efficientnet-x-b0", 7_584_104, 224)
+    assert entry["macs"] == 920_421_088
+    assert len(entry["blocks"]) == 16
+    assert entry["blocks"][0]["type"] == "mbconv+s2d" and entry["blocks"][0]["output_shape"] == [56, 56, 64]
+    assert sum(block["params"] for block in entry["blocks"]) < entry["params"]
+
+
+def test_summary_table_for_a_config_file_with_an_argument(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY_CONFIG)
+    table = run_module("effnetx_jax.summary", f"--config={path}:swish")
+    assert table.startswith("tiny @ 32px")
+    assert "swish" in table and "params" in table and "MACs" in table
+
+
+def test_summary_of_every_variant_is_machine_readable():
+    result = summary.summarize(model_config("efficientnet-x-tpu-b3"))
+    assert result["resolution"] == 263 and len(result["blocks"]) == 29
+    assert {"name", "params", "macs", "blocks", "resolution"} <= set(result)
+
+
+def test_summary_rejects_a_bad_model_name():
+    result = subprocess.run(
+        [sys.executable, "-m", "effnetx_jax.summary", "efficientnet-x-b9"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
+    assert "unknown model 'efficientnet-x-b9'" in result.stderr
+
+
+def test_bench_reports_compile_and_step_times(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY_CONFIG)
+    for mode in ("infer", "train"):
+        line = run_module(
+            "effnetx_jax.bench", f"--config={path}", "--batch=4", f"--mode={mode}", "--steps=2", "--warmup=1", "--json"
+        )
+        result = json.loads(line)
+        assert result["mode"] == mode and result["batch"] == 4 and result["resolution"] == 32
+        assert result["compile_s"] > 0 and 0 < result["min_ms"] <= result["median_ms"]
+        assert result["images_per_s"] == pytest.approx(4000 / result["median_ms"], rel=0.01)
+        assert result["device"].startswith("cpu")
+
+
+def test_bench_train_step_updates_parameters_and_batch_statistics():
+    cfg = model_config("efficientnet-x-b0")
+    cfg.update(width=0.25, depth=0.5, resolution=32, num_classes=10, head_filters=64)
+    model = create_model(cfg)
+    images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    variables = model.init({"params": jax.random.key(1)}, images)
+    new_variables, loss = jax.jit(bench._train_step(model))(variables, images, jnp.arange(4), jax.random.key(2))
+    assert np.isfinite(float(loss))
+    for collection in ("params", "batch_stats"):
+        changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables[collection], new_variables[collection])
+        assert all(jax.tree.leaves(changed)), collection
+
+
+def test_gated_projection_equals_a_conv_of_the_gated_tensor():
+    x = jax.random.normal(jax.random.key(0), (3, 5, 5, 16))
+    gate = jax.nn.sigmoid(jax.random.normal(jax.random.key(1), (3, 1, 1, 16)))
+    module = GatedProjection(8, jnp.float32)
+    params = module.init(jax.random.key(2), x, gate)
+    kernel = params["params"]["kernel"]
+    expected = jax.lax.conv_general_dilated(
+        x * gate, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(module.apply(params, x, gate), expected, rtol=1e-5, atol=1e-5)
+    assert kernel.shape == (1, 1, 16, 8)
