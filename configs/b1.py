@@ -1,0 +1,23 @@
+"""EfficientNet-X-B1 on ImageNet with the official recipe (configs/common.py).
+
+  python train.py --config=configs/b1.py --workdir=DIR                   # EfficientNet-X-B1
+  python train.py --config=configs/b1.py:efficientnet --workdir=DIR      # EfficientNet-B1
+  python train.py --config=configs/b1.py:x-tpu --workdir=DIR             # LACS-scaled for TPU (:x-gpu for GPU)
+  python train.py --config=configs/b1.py:x,smoke --workdir=runs/b1-smoke  # 20 steps on digits, laptop
+
+Needs ImageNet prepared for TFDS in array_record (`imagenet2012`, see the README) and, at the
+recipe's global batch 2048, accelerators whose memory holds it (a TPU pod slice or a multi-GPU
+cluster); with a lower `batch_size` the learning rate scales with it.
+
+Cost (measured by `python -m effnetx_jax.summary`): EfficientNet-X-B1 9.57M parameters and 1.606B MACs
+per 240x240 image; EfficientNet-B1 7.79M and 0.687B.
+Result: not measured here (no ImageNet run yet). Taken from the reference: EfficientNet-B1 reached
+79.1% top-1 with AutoAugment (EfficientNet paper), 78.7% with the baseline preprocessing of this release.
+The EfficientNet-X paper's own accuracy table could not be consulted (UNVERIFIED).
+"""
+
+from configs import common
+
+
+def get_config(arg: str = ""):
+    return common.variant_config(1, arg)

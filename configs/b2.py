@@ -1,0 +1,23 @@
+"""EfficientNet-X-B2 on ImageNet with the official recipe (configs/common.py).
+
+  python train.py --config=configs/b2.py --workdir=DIR                   # EfficientNet-X-B2
+  python train.py --config=configs/b2.py:efficientnet --workdir=DIR      # EfficientNet-B2
+  python train.py --config=configs/b2.py:x-tpu --workdir=DIR             # LACS-scaled for TPU (:x-gpu for GPU)
+  python train.py --config=configs/b2.py:x,smoke --workdir=runs/b2-smoke  # 20 steps on digits, laptop
+
+Needs ImageNet prepared for TFDS in array_record (`imagenet2012`, see the README) and, at the
+recipe's global batch 2048, accelerators whose memory holds it (a TPU pod slice or a multi-GPU
+cluster); with a lower `batch_size` the learning rate scales with it.
+
+Cost (measured by `python -m effnetx_jax.summary`): EfficientNet-X-B2 9.97M parameters and 2.307B MACs
+per 260x260 image; EfficientNet-B2 9.11M and 0.994B.
+Result: not measured here (no ImageNet run yet). Taken from the reference: EfficientNet-B2 reached
+80.1% top-1 with AutoAugment (EfficientNet paper), 79.8% with the baseline preprocessing of this release.
+The EfficientNet-X paper's own accuracy table could not be consulted (UNVERIFIED).
+"""
+
+from configs import common
+
+
+def get_config(arg: str = ""):
+    return common.variant_config(2, arg)

@@ -1,0 +1,103 @@
+"""The official EfficientNet training recipe (reference §6), shared by every config.
+
+Durations and intervals are given in steps or epochs: exactly one of each pair is positive (unset
+or 0 means absent, so `--config.total_steps=200 --config.total_epochs=0` switches units on the
+command line). `batch_size` is the global batch over all devices and hosts.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from effnetx_jax.models import model_config
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = model_config(model)
+    config.model.dtype = "bfloat16"  # compute dtype; parameters and BN statistics stay float32
+
+    config.dataset = "imagenet2012"
+    config.data_dir = placeholder(str)  # None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+    config.train_split = "train"
+    config.eval_split = "validation"
+    config.batch_size = 2048
+    config.eval_batch_size = 1024
+    config.seed = 0
+
+    # ~350 epochs of ImageNet (train_steps 218,949 at batch 2048 in the reference).
+    config.total_steps = placeholder(int)
+    config.total_epochs = 350.0
+
+    # TF1 RMSPropOptimizer: ms initialised to 1, eps inside the sqrt, lr inside the momentum.
+    config.optimizer = "rmsprop"
+    config.rmsprop_decay = 0.9
+    config.momentum = 0.9
+    config.rmsprop_epsilon = 1e-3
+    config.learning_rate = 0.016  # per 256 images, scaled by batch_size / 256
+    config.lr_schedule = "exponential"  # or "cosine", "constant"
+    config.warmup_epochs = 5.0
+    config.lr_decay_factor = 0.97
+    config.lr_decay_epochs = 2.4
+    config.label_smoothing = 0.1
+    config.weight_decay = 1e-5  # times sum(w^2)/2 over every weight except BatchNorm's
+    config.ema_decay = 0.9999  # min(decay, (1 + t) / (10 + t)) over params and BN statistics
+    # Devices per BatchNorm group; 0 = statistics over the global batch.
+    config.bn_group_size = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.num_workers = 8
+    config.data.prefetch_buffer_size = 2
+    config.data.mean = IMAGENET_MEAN
+    config.data.std = IMAGENET_STD
+    config.data.crop_area_range = (0.08, 1.0)
+    config.data.aspect_ratio_range = (3 / 4, 4 / 3)
+    config.data.random_flip = True
+    config.data.eval_crop_fraction = 0.875
+
+    config.log_every_steps = 100
+    config.eval_every_steps = placeholder(int)
+    config.eval_every_epochs = 5.0
+    config.checkpoint_every_steps = 5000
+    config.checkpoint_every_epochs = placeholder(float)
+    config.keep_checkpoints = 3
+    return config
+
+
+FAMILY_PREFIXES = {
+    "x": "efficientnet-x",
+    "efficientnet": "efficientnet",
+    "x-tpu": "efficientnet-x-tpu",
+    "x-gpu": "efficientnet-x-gpu",
+}
+
+
+def variant_config(size: int, arg: str = "") -> ml_collections.ConfigDict:
+    """ImageNet config of one B<size> variant; `arg` = `[family][,smoke]`, family one of FAMILY_PREFIXES.
+
+    `smoke` keeps the variant's block structure but shrinks width, depth and resolution and trains
+    a few steps on the bundled digits dataset, so the command runs end to end on a laptop.
+    """
+    family, *options = (arg or "x").split(",")
+    if family not in FAMILY_PREFIXES or set(options) - {"smoke"}:
+        raise ValueError(
+            f"config argument {arg!r}: expected [family][,smoke] with family one of {list(FAMILY_PREFIXES)}"
+        )
+    config = get_config(f"{FAMILY_PREFIXES[family]}-b{size}")
+    if "smoke" in options:
+        _shrink_for_smoke_run(config)
+    return config
+
+
+def _shrink_for_smoke_run(config: ml_collections.ConfigDict) -> None:
+    config.model.update(width=0.25, depth=0.25, resolution=32, num_classes=10, dtype="float32")
+    config.dataset, config.train_split, config.eval_split = "digits", "train", "test"
+    config.batch_size, config.eval_batch_size = 32, 64
+    config.total_epochs, config.total_steps = 0.0, 20
+    config.warmup_epochs = 0.0
+    config.eval_every_epochs, config.eval_every_steps = 0.0, 20
+    config.checkpoint_every_steps = 10
+    config.log_every_steps = 5
+    config.data.update(num_workers=0, random_flip=False, eval_crop_fraction=1.0, crop_area_range=(0.7, 1.0))

@@ -1,0 +1,53 @@
+"""Quickstart: a small EfficientNet-X on the bundled digits dataset at 32 px, on a laptop CPU.
+
+  python train.py --config=configs/quickstart.py --workdir=runs/quick
+
+The digits dataset (1,797 real 8x8 images from scikit-learn, no download) is built into the TFDS
+data dir on first use. Expected result and cost: see the README's quickstart section (measured).
+"""
+
+from configs import common
+
+
+def get_config():
+    config = common.get_config("efficientnet-x-b0")
+    # Same block types as EfficientNet-X-B0 (s2d, fused, depthwise; ReLU and swish), reduced width and
+    # depth, 32 px input: 16x16 after the stem, 8x8 in the s2d stage, 1x1 at the end.
+    config.model.update(
+        name="efficientnet-x-quickstart",
+        width=0.5,
+        depth=0.5,
+        resolution=32,
+        num_classes=10,
+        head_filters=256,
+        dtype="float32",  # bfloat16 has no fast path on CPUs
+        dropout=0.1,
+        drop_path=0.1,
+    )
+    config.dataset = "digits"
+    config.train_split = "train"
+    config.eval_split = "test"
+    config.batch_size = 64
+    config.eval_batch_size = 128
+
+    config.total_epochs = 15.0
+    config.learning_rate = 0.064  # per 256 images: 0.016 at batch 64
+    config.lr_schedule = "cosine"
+    config.warmup_epochs = 1.0
+    config.weight_decay = 1e-5
+    config.ema_decay = 0.99
+
+    config.data.num_workers = 0
+    config.data.mean = (127.5, 127.5, 127.5)
+    config.data.std = (127.5, 127.5, 127.5)
+    config.data.crop_area_range = (0.7, 1.0)  # digits fill the 8x8 frame: keep most of it
+    config.data.random_flip = False  # a flipped digit is another digit (or none)
+    config.data.eval_crop_fraction = 1.0
+
+    config.log_every_steps = 20
+    config.eval_every_steps = 0
+    config.eval_every_epochs = 5.0
+    config.checkpoint_every_steps = 0
+    config.checkpoint_every_epochs = 5.0
+    config.keep_checkpoints = 2
+    return config

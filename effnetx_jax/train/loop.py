@@ -1,0 +1,145 @@
+"""`train_and_evaluate(config, workdir)`: the one way to train, used by train.py, LACS and search."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from clu import parameter_overview, periodic_actions
+from jax.sharding import NamedSharding, PartitionSpec
+
+from effnetx_jax import data
+from effnetx_jax.models import create_model
+from effnetx_jax.train import optim
+from effnetx_jax.train.checkpoints import Checkpoints
+from effnetx_jax.train.plan import check_config, make_plan
+from effnetx_jax.train.reporting import MetricsLog, write_config
+from effnetx_jax.train.state import create_train_state
+from effnetx_jax.train.steps import make_eval_step, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """Yields an Event set on SIGTERM (preemption), so the loop can checkpoint and stop cleanly."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _global_batch(local_batch: dict, sharding) -> dict:
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in local_batch.items()
+    }
+
+
+def _check_finite(state) -> None:
+    bad_step = int(state.nonfinite_step)
+    if bad_step >= 0:
+        raise NonFiniteLossError(
+            f"the training loss became non-finite at step {bad_step}; the run stops and the last checkpoint "
+            "(taken before that step) is kept. Lower the learning rate or check the input data."
+        )
+
+
+def _evaluate(eval_step, state, config, batch_sharding) -> dict:
+    collected = None
+    for local_batch in data.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count()):
+        batch_metrics = eval_step(state, _global_batch(local_batch, batch_sharding))
+        collected = batch_metrics if collected is None else collected.merge(batch_metrics)
+    return {f"eval/{key}": value for key, value in collected.compute().items()}
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final metrics."""
+    data.ensure_prepared(config.dataset, config.data_dir)
+    info = data.dataset_info(config)
+    check_config(config, info.num_classes)
+    plan = make_plan(config, info.num_train)
+    os.makedirs(workdir, exist_ok=True)
+    write_config(workdir, config)
+
+    # Auto axes: XLA propagates the batch sharding through the model (flax layers are not written
+    # for explicit sharding types).
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    model = create_model(config.model)
+    tx, schedule = optim.create_optimizer(config, plan.steps_per_epoch, plan.total_steps)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    image_shape = (config.model.resolution, config.model.resolution, 3)
+    state, state_sharding = create_train_state(model, tx, init_rng, image_shape, mesh)
+
+    train_iter = iter(data.train_loader(config, process_index=jax.process_index(), process_count=jax.process_count()))
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+    start_step = checkpoints.latest_step() or 0
+    if start_step:
+        logging.info("Resuming from the checkpoint at step %d in %s", start_step, checkpoints.directory)
+        state = checkpoints.restore(start_step, state, train_iter)
+    else:
+        parameter_overview.log_parameter_overview(state.params)
+
+    train_step = jax.jit(
+        make_train_step(model, tx, schedule, config),
+        in_shardings=(state_sharding, batch_sharding, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
+
+    log = MetricsLog(workdir)
+    report_progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=log.writer)
+    final: dict = {}
+    train_metrics, window_start, window_steps = None, time.perf_counter(), 0
+    with _sigterm_flag() as preempted:
+        for step in range(start_step + 1, plan.total_steps + 1):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                batch = _global_batch(next(train_iter), batch_sharding)
+                state, batch_metrics = train_step(state, batch, train_rng)
+            train_metrics = batch_metrics if train_metrics is None else train_metrics.merge(batch_metrics)
+            window_steps += 1
+            report_progress(step)
+
+            if _due(step, plan.log_every, plan.total_steps):
+                _check_finite(state)
+                scalars = {f"train/{key}": value for key, value in train_metrics.compute().items()}
+                scalars["train/img_per_s"] = window_steps * config.batch_size / (time.perf_counter() - window_start)
+                final.update(log.write(step, scalars))
+                train_metrics, window_start, window_steps = None, time.perf_counter(), 0
+            if _due(step, plan.eval_every, plan.total_steps):
+                _check_finite(state)
+                with report_progress.timed("eval"):
+                    eval_scalars = _evaluate(eval_step, state, config, batch_sharding)
+                final.update(log.write(step, eval_scalars))
+                window_start = time.perf_counter()
+            if _due(step, plan.checkpoint_every, plan.total_steps) or preempted.is_set():
+                _check_finite(state)
+                checkpoints.save(step, state, train_iter)
+            if preempted.is_set():
+                logging.warning("SIGTERM received: saved the checkpoint at step %d and stopping.", step)
+                final["preempted"] = 1.0
+                break
+    checkpoints.wait()
+    checkpoints.close()
+    log.close()
+    final["step"] = int(state.step)
+    return final

@@ -1,0 +1,193 @@
+"""The official EfficientNet optimisation recipe (reference section 6): TF1 RMSprop, the learning-rate
+schedule of `utils.build_learning_rate`, L2 weight decay on non-BatchNorm weights and the EMA of weights.
+
+Everything here is a pure function of arrays, so it runs inside the jitted train step unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+
+# TF decays every trainable variable whose name lacks 'batch_normalization'; our BN modules are `*_bn`.
+BATCH_NORM_SUFFIX = "_bn"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optimizer
+# ---------------------------------------------------------------------------------------------------
+
+
+def tf_rmsprop(
+    learning_rate: optax.ScalarOrSchedule,
+    decay: float = 0.9,
+    momentum: float = 0.9,
+    epsilon: float = 1e-3,
+    initial_accumulator: float = 1.0,
+) -> optax.GradientTransformation:
+    """TF1 `RMSPropOptimizer` (dense, uncentered), the optimizer of the official recipe.
+
+    Per step, with `lr` the learning rate at the step count before the update:
+        ms  = decay * ms + (1 - decay) * g**2          (ms starts at `initial_accumulator`, 1 in TF1)
+        mom = momentum * mom + lr * g / sqrt(ms + eps)  (eps inside the sqrt; lr inside the momentum)
+        var = var - mom                                 (the returned update is -mom)
+
+    `optax.rmsprop` chains scale_by_rms -> scale_by_learning_rate -> trace, so the learning rate
+    scales each step's contribution before it enters the momentum, exactly as TF1 does (a changing
+    learning rate leaves earlier contributions at their own rate). The state is
+    (ScaleByRmsState(nu=ms), ScaleByScheduleState(count), TraceState(trace=-mom)): `nu` and `trace`
+    have the shapes of the params, so they shard like them.
+    """
+    # A constant is wrapped as a schedule so the state always holds the step count and has one
+    # structure whatever the learning rate is (a checkpoint does not depend on that choice).
+    schedule = learning_rate if callable(learning_rate) else optax.constant_schedule(learning_rate)
+    return optax.rmsprop(
+        schedule,
+        decay=decay,
+        eps=epsilon,
+        initial_scale=initial_accumulator,
+        eps_in_sqrt=True,
+        centered=False,
+        momentum=momentum,
+        nesterov=False,
+        bias_correction=False,
+    )
+
+
+def create_optimizer(
+    config, steps_per_epoch: float, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer named by `config.optimizer` driven by `learning_rate_schedule`, and that schedule.
+
+    'rmsprop' is the official one (`config.rmsprop_decay`, `config.momentum`, `config.rmsprop_epsilon`);
+    'sgd' is heavy-ball momentum (`config.momentum`, TF's `MomentumOptimizer`); 'adam' uses optax's
+    defaults. Weight decay is not part of the optimizer: the trainer adds it to the loss (`l2_penalty`).
+    """
+    schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
+    name = config.optimizer
+    if name == "rmsprop":
+        tx = tf_rmsprop(schedule, decay=config.rmsprop_decay, momentum=config.momentum, epsilon=config.rmsprop_epsilon)
+    elif name == "sgd":
+        tx = optax.sgd(schedule, momentum=config.momentum)
+    elif name == "adam":
+        tx = optax.adam(schedule)
+    else:
+        raise ValueError(f"config.optimizer: unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+    return tx, schedule
+
+
+# ---------------------------------------------------------------------------------------------------
+# Learning-rate schedule
+# ---------------------------------------------------------------------------------------------------
+
+
+def learning_rate_schedule(config, steps_per_epoch: float, total_steps: int) -> optax.Schedule:
+    """`utils.build_learning_rate` of the official code, as a function of the optimizer step.
+
+    The peak rate is `config.learning_rate * config.batch_size / 256`. `config.lr_schedule` picks the
+    decay, always counted from step 0 (warm-up does not delay it):
+      exponential: peak * lr_decay_factor ** floor(step / (lr_decay_epochs * steps_per_epoch))
+      cosine:      0.5 * peak * (1 + cos(pi * step / total_steps))
+      constant:    peak
+    For step < int(warmup_epochs * steps_per_epoch) the rate is instead peak * step / warmup_steps
+    (linear from 0). As in TF, the arithmetic is float32 and `steps_per_epoch` may be fractional
+    (images / batch).
+    """
+    peak = config.learning_rate * config.batch_size / 256.0
+    decayed = _decay_schedule(config, peak, steps_per_epoch, total_steps)
+    # TF computes the same int() and then selects with `step < warmup_steps`, so a warm-up that
+    # rounds to 0 steps is no warm-up.
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    if warmup_steps <= 0:
+        return decayed
+
+    def schedule(step):
+        warmup = peak * _as_float(step) / jnp.float32(warmup_steps)
+        return jnp.where(step < warmup_steps, warmup, decayed(step))
+
+    return schedule
+
+
+def _decay_schedule(config, peak: float, steps_per_epoch: float, total_steps: int) -> optax.Schedule:
+    name = config.lr_schedule
+    if name == "exponential":
+        decay_steps = jnp.float32(steps_per_epoch * config.lr_decay_epochs)
+        factor = jnp.float32(config.lr_decay_factor)
+        return lambda step: peak * factor ** jnp.floor(_as_float(step) / decay_steps)
+    if name == "cosine":
+        return lambda step: 0.5 * peak * (1.0 + jnp.cos(math.pi * _as_float(step) / jnp.float32(total_steps)))
+    if name == "constant":
+        return lambda step: jnp.asarray(peak, jnp.float32)
+    raise ValueError(f"config.lr_schedule: unknown schedule {name!r}; expected one of {', '.join(LR_SCHEDULES)}")
+
+
+def _as_float(step) -> jax.Array:
+    return jnp.asarray(step).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Weight decay
+# ---------------------------------------------------------------------------------------------------
+
+
+def weight_decay_mask(params):
+    """True for every parameter that is not a BatchNorm scale or bias (any path entry named `*_bn`).
+
+    Like TF's name filter this keeps SE biases, the classifier bias and depthwise kernels.
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: not _in_batch_norm(path), params)
+
+
+def _in_batch_norm(path) -> bool:
+    return any(str(_key_name(entry)).endswith(BATCH_NORM_SUFFIX) for entry in path)
+
+
+def _key_name(entry):
+    for attribute in ("key", "name", "idx"):
+        if hasattr(entry, attribute):
+            return getattr(entry, attribute)
+    return entry
+
+
+def l2_penalty(params, mask) -> jax.Array:
+    """Sum of `tf.nn.l2_loss` (sum(v**2) / 2) over the masked leaves, in float32.
+
+    The trainer adds `config.weight_decay * l2_penalty(params, mask)` to the loss, so the decay goes
+    through RMSprop as in TF.
+    """
+    # `where` rather than skipping leaves, so the mask may be Python bools or traced arrays.
+    terms = [
+        jnp.where(decayed, jnp.sum(jnp.square(leaf.astype(jnp.float32))) / 2, 0.0)
+        for leaf, decayed in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
+    ]
+    return sum(terms, jnp.zeros((), jnp.float32))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exponential moving average of weights
+# ---------------------------------------------------------------------------------------------------
+
+
+def ema_decay(step, decay: float) -> jax.Array:
+    """min(decay, (1 + step) / (10 + step)): TF `ExponentialMovingAverage(decay, num_updates=global_step)`.
+
+    `step` is the optimizer step count AFTER the update being averaged (1 for the first update): TF's
+    EMA op runs after `minimize` has incremented global_step.
+    """
+    step = _as_float(step)
+    return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema_tree, new_tree, step, decay: float):
+    """decay' * ema + (1 - decay') * new for every leaf, with decay' = ema_decay(step, decay).
+
+    Used for the params and the BatchNorm batch_stats; `step` as in `ema_decay`.
+    """
+    rate = ema_decay(step, decay)
+    return jax.tree.map(lambda ema, new: (rate * ema + (1.0 - rate) * new).astype(ema.dtype), ema_tree, new_tree)

@@ -1,0 +1,82 @@
+"""Durations and intervals of a run, resolved from steps or epochs, and the config checks that must
+fail before anything expensive starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+
+from effnetx_jax.models import architecture
+
+
+def _fail(key: str, reason: str):
+    raise ValueError(f"config.{key}: {reason}")
+
+
+def _positive(value) -> bool:
+    return value is not None and value > 0
+
+
+def _steps(config, name: str, steps_per_epoch: float, required: bool) -> int:
+    """`<name>_steps` or `<name>_epochs`: exactly one positive (0 or unset means absent)."""
+    steps, epochs = config.get(f"{name}_steps"), config.get(f"{name}_epochs")
+    if _positive(steps) and _positive(epochs):
+        _fail(
+            f"{name}_steps",
+            f"both {name}_steps={steps} and {name}_epochs={epochs} are set; give exactly one "
+            f"(on the command line, zero the other: --config.{name}_epochs=0)",
+        )
+    if _positive(steps):
+        return int(steps)
+    if _positive(epochs):
+        return max(1, math.ceil(epochs * steps_per_epoch))
+    if required:
+        _fail(f"{name}_steps", f"set {name}_steps or {name}_epochs")
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    steps_per_epoch: float
+    total_steps: int
+    log_every: int
+    eval_every: int  # 0: only at the end
+    checkpoint_every: int  # 0: only at the end
+
+
+def make_plan(config, num_train_examples: int) -> Plan:
+    steps_per_epoch = num_train_examples / config.batch_size
+    total = _steps(config, "total", steps_per_epoch, required=True)
+    return Plan(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        log_every=max(1, int(config.log_every_steps)),
+        eval_every=_steps(config, "eval_every", steps_per_epoch, required=False),
+        checkpoint_every=_steps(config, "checkpoint_every", steps_per_epoch, required=False),
+    )
+
+
+def check_config(config, num_classes: int) -> None:
+    """Checks that need no data and no compilation; raises ValueError naming the key."""
+    architecture(config.model)
+    devices = jax.device_count()
+    for key in ("batch_size", "eval_batch_size"):
+        value = config[key]
+        if not isinstance(value, int) or value < 1:
+            _fail(key, f"must be a positive integer, got {value!r}")
+        if value % devices:
+            _fail(key, f"{key}={value} is not divisible by the {devices} devices; use a multiple of {devices}")
+    if config.model.num_classes != num_classes:
+        _fail(
+            "model.num_classes",
+            f"is {config.model.num_classes} but dataset {config.dataset!r} has {num_classes} classes",
+        )
+    if config.bn_group_size not in (0, devices):
+        _fail("bn_group_size", "grouped BatchNorm is not implemented yet; use 0 (statistics over the global batch)")
+    for key in ("label_smoothing", "weight_decay", "ema_decay"):
+        if not 0 <= config[key] < 1:
+            _fail(key, f"must be in [0, 1), got {config[key]}")
+    if config.keep_checkpoints < 1:
+        _fail("keep_checkpoints", f"must be >= 1, got {config.keep_checkpoints}")

@@ -1,0 +1,47 @@
+"""Where metrics go: clu writers (TensorBoard and the log) and `workdir/metrics.jsonl` for scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+
+class MetricsLog:
+    """Writes scalars to clu's default writer and appends one JSON object per call to metrics.jsonl.
+
+    Only process 0 writes TensorBoard summaries and the JSONL file; the others just log.
+    """
+
+    def __init__(self, workdir: str):
+        self.is_writer = jax.process_index() == 0
+        self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer)
+        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+
+    def write(self, step: int, scalars: dict) -> dict[str, float]:
+        """Writes `scalars` (arrays or numbers) and returns them as Python floats."""
+        scalars = {key: float(np.asarray(value)) for key, value in scalars.items()}
+        self.writer.write_scalars(step, scalars)
+        if self.is_writer:
+            with open(self.jsonl_path, "a") as file:
+                file.write(json.dumps({"step": step, **scalars}) + "\n")
+        return scalars
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+def write_config(workdir: str, config) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as file:
+            file.write(config.to_json_best_effort(indent=2) + "\n")
+
+
+def format_metrics(metrics: dict) -> str:
+    """One line, e.g. `step 345: eval/top1=0.9861 eval/ema_top1=0.9889 ...`."""
+    parts = [f"{key}={value:.4g}" for key, value in sorted(metrics.items()) if key != "step"]
+    return f"step {metrics.get('step')}: " + " ".join(parts)

@@ -1,0 +1,301 @@
+"""Input pipeline on the bundled digits dataset, built once into a temporary TFDS data dir."""
+
+import collections
+import hashlib
+
+import grain
+import ml_collections
+import numpy as np
+import pytest
+
+from effnetx_jax import data
+from effnetx_jax.data import pipeline, preprocessing
+
+RESOLUTION = 16
+NUM_TRAIN, NUM_TEST = 1438, 359
+PER_CLASS = {  # the documented split: first 80% (rounded) of each class in scikit-learn's order
+    "train": [142, 146, 142, 146, 145, 146, 145, 143, 139, 144],
+    "test": [36, 36, 35, 37, 36, 36, 36, 36, 35, 36],
+}
+# Training crops that are always the whole image: deterministic, equal to the evaluation view.
+WHOLE_IMAGE = {"data.crop_area_range": (1.0, 1.0), "data.aspect_ratio_range": (1.0, 1.0)}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tfds"))
+    data.ensure_prepared("digits", path)
+    return path
+
+
+def make_config(data_dir, **overrides):
+    config = ml_collections.ConfigDict(
+        {
+            "dataset": "digits",
+            "data_dir": data_dir,
+            "train_split": "train",
+            "eval_split": "test",
+            "batch_size": 32,
+            "eval_batch_size": 48,
+            "seed": 0,
+            "model": {"resolution": RESOLUTION},
+            "data": {
+                "num_workers": 0,
+                "prefetch_buffer_size": 8,
+                "mean": data.MEAN_RGB,
+                "std": data.STDDEV_RGB,
+                "crop_area_range": (0.5, 1.0),
+                "aspect_ratio_range": (3 / 4, 4 / 3),
+                "random_flip": False,
+                "eval_crop_fraction": 1.0,
+            },
+        }
+    )
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def take(iterator, count):
+    return [next(iterator) for _ in range(count)]
+
+
+def split_labels(data_dir, split):
+    import tensorflow_datasets as tfds
+
+    return np.array([example["label"] for example in tfds.data_source("digits", split=split, data_dir=data_dir)])
+
+
+def image_key(image):
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# The digits dataset
+# ------------------------------------------------------------------------------------------------
+
+
+def test_digits_has_the_documented_splits(data_dir):
+    from effnetx_jax.data.digits import SPLIT_SIZES
+
+    info = data.dataset_info(make_config(data_dir))
+    assert info == data.DatasetInfo("digits", 10, NUM_TRAIN, NUM_TEST, (RESOLUTION, RESOLUTION, 3))
+    assert SPLIT_SIZES == {"train": NUM_TRAIN, "test": NUM_TEST}
+    data.ensure_prepared("digits", data_dir)  # a second call finds it prepared
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_digits_are_stratified_real_images(data_dir, split):
+    import tensorflow_datasets as tfds
+    from sklearn.datasets import load_digits
+
+    from effnetx_jax.data.digits import split_indices
+
+    source = tfds.data_source("digits", split=split, data_dir=data_dir)
+    labels = split_labels(data_dir, split)
+    assert np.bincount(labels, minlength=10).tolist() == PER_CLASS[split]
+    np.testing.assert_array_equal(labels, load_digits().target[split_indices()[split]])  # scikit-learn's order
+    example = source[0]
+    assert example["image"].shape == (8, 8, 1) and example["image"].dtype == np.uint8
+    images = np.stack([source[i]["image"] for i in range(50)])
+    assert images.max() == 255 and images.min() == 0
+    # Handwritten strokes: a good part of each image is ink, a good part background.
+    ink = (images > 64).mean(axis=(1, 2, 3))
+    assert ink.min() > 0.1 and ink.max() < 0.7
+
+
+# ------------------------------------------------------------------------------------------------
+# Preprocessing
+# ------------------------------------------------------------------------------------------------
+
+
+def test_crop_boxes():
+    rng = np.random.default_rng(0)
+    assert preprocessing.centre_crop_box(8, 12, 0.5) == (4.0, 2.0, 8.0, 6.0)
+    for _ in range(100):
+        left, top, right, bottom = preprocessing.sample_crop_box(8, 12, rng, (0.08, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= left < right <= 12 and 0 <= top < bottom <= 8
+        assert 0.08 * 96 - 1e-9 <= (right - left) * (bottom - top) <= 96 + 1e-9
+    # The whole area at aspect 2 never fits a square image: the caller falls back to the centre crop.
+    assert preprocessing.sample_crop_box(8, 8, rng, (1.0, 1.0), (2.0, 2.0)) is None
+
+
+def test_flip_only_when_asked(data_dir):
+    example = {"image": np.arange(8 * 8, dtype=np.uint8).reshape(8, 8, 1), "label": 3}
+
+    def views(random_flip):
+        config = make_config(data_dir, **WHOLE_IMAGE, **{"data.random_flip": random_flip})
+        transforms = preprocessing.train_transforms(config)
+        outputs = []
+        for seed in range(20):
+            out, rng = example, np.random.default_rng(seed)
+            for transform in transforms:
+                is_random = isinstance(transform, grain.transforms.RandomMap)
+                out = transform.random_map(out, rng) if is_random else transform.map(out)
+            outputs.append(out["image"])
+        return outputs
+
+    unflipped = views(False)[0]
+    assert all(np.array_equal(image, unflipped) for image in views(False))
+    flips = [np.array_equal(image, unflipped[:, ::-1]) for image in views(True)]
+    assert 0 < sum(flips) < len(flips)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training stream
+# ------------------------------------------------------------------------------------------------
+
+
+def test_train_batches_shapes_and_values(data_dir):
+    batch = next(iter(data.train_loader(make_config(data_dir))))
+    assert batch["image"].shape == (32, RESOLUTION, RESOLUTION, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
+    assert set(batch["label"]) <= set(range(10))
+    # Normalised with the ImageNet statistics: black background is about -2, ink reaches above 2.
+    assert np.isfinite(batch["image"]).all()
+    assert -2.2 < batch["image"].min() < -1.7 and batch["image"].max() > 2.0
+
+
+def test_train_batches_deterministic_per_seed(data_dir):
+    first = take(iter(data.train_loader(make_config(data_dir))), 2)
+    again = take(iter(data.train_loader(make_config(data_dir))), 2)
+    other = take(iter(data.train_loader(make_config(data_dir, seed=1))), 2)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(first[0]["label"], other[0]["label"])
+    assert not np.array_equal(first[0]["image"], other[0]["image"])
+
+
+def test_restored_iterator_yields_the_same_batches(data_dir):
+    config = make_config(data_dir)
+    iterator = iter(data.train_loader(config))
+    take(iterator, 3)
+    state = iterator.get_state()
+    expected = take(iterator, 3)
+    restored = iter(data.train_loader(config))  # a fresh loader, as after a restart
+    restored.set_state(state)
+    for a, b in zip(expected, take(restored, 3), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_train_shards_are_disjoint_and_cover_the_split(data_dir):
+    # Whole-image crops let training images be matched against the evaluation view of the split.
+    config = make_config(data_dir, batch_size=64, **WHOLE_IMAGE)
+    shard_size, local_batch = NUM_TRAIN // 2, config.batch_size // 2
+    seen = collections.Counter()
+    for process_index in range(2):
+        iterator = iter(data.train_loader(config, process_index=process_index, process_count=2))
+        batches = take(iterator, -(-shard_size // local_batch))
+        images = np.concatenate([batch["image"] for batch in batches])[:shard_size]
+        shard = collections.Counter(image_key(image) for image in images)
+        assert not seen & shard, "the two processes share examples"
+        seen += shard
+    everything = collections.Counter(
+        image_key(image)
+        for batch in data.eval_batches(make_config(data_dir, eval_split="train", eval_batch_size=NUM_TRAIN))
+        for image in batch["image"]
+    )
+    assert seen == everything
+
+
+def test_train_with_worker_processes(data_dir):
+    config = make_config(data_dir, **{"data.num_workers": 2})
+    iterator = iter(data.train_loader(config))
+    batch = next(iterator)
+    assert batch["image"].shape == (32, RESOLUTION, RESOLUTION, 3)
+    assert np.isfinite(batch["image"]).all()
+    state = iterator.get_state()
+    expected = next(iterator)
+    del iterator  # stops its worker processes
+    restored = iter(data.train_loader(config))
+    restored.set_state(state)
+    np.testing.assert_array_equal(next(restored)["image"], expected["image"])
+    del restored
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation pass
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("eval_batch_size", "process_count"),
+    [(48, 2), (51, 3)],  # 359 examples: 179/180 per process; 119/120/120, where 119 = 7 x 17 is a filler batch
+)
+def test_eval_sees_every_example_once(data_dir, eval_batch_size, process_count):
+    config = make_config(data_dir, eval_batch_size=eval_batch_size)
+    local_batch = eval_batch_size // process_count
+    labels, batch_counts = [], []
+    for process_index in range(process_count):
+        batches = list(data.eval_batches(config, process_index=process_index, process_count=process_count))
+        batch_counts.append(len(batches))
+        for batch in batches:
+            assert batch["image"].shape == (local_batch, RESOLUTION, RESOLUTION, 3)
+            assert batch["mask"].dtype == np.float32 and batch["label"].dtype == np.int32
+            real = batch["mask"] == 1
+            assert not batch["image"][~real].any()
+            labels.extend(batch["label"][real])
+    assert len(set(batch_counts)) == 1
+    assert len(labels) == NUM_TEST
+    assert collections.Counter(labels) == collections.Counter(split_labels(data_dir, "test"))
+
+
+def test_eval_with_worker_processes_matches_in_process(data_dir):
+    def second_process(config):
+        return list(data.eval_batches(config, process_index=1, process_count=2))
+
+    in_process = second_process(make_config(data_dir))
+    workers = second_process(make_config(data_dir, **{"data.num_workers": 2}))
+    assert len(workers) == len(in_process)
+    for a, b in zip(in_process, workers, strict=True):
+        for key in ("image", "label", "mask"):
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_eval_is_deterministic_and_in_order(data_dir):
+    config = make_config(data_dir)
+    first, again = list(data.eval_batches(config)), list(data.eval_batches(config))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    labels = np.concatenate([batch["label"] for batch in first])[:NUM_TEST]
+    np.testing.assert_array_equal(labels, split_labels(data_dir, "test"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------
+
+
+def test_missing_dataset_fails_with_instructions(data_dir):
+    expected = r"'no_such_dataset' is neither .* `tfds build no_such_dataset --file_format=array_record"
+    with pytest.raises(ValueError, match=expected):
+        data.train_loader(make_config(data_dir, dataset="no_such_dataset"))
+    # A registered TFDS dataset that nobody prepared in this data dir: nothing is downloaded.
+    with pytest.raises(ValueError, match=rf"'mnist' is not prepared .* --data_dir={data_dir}"):
+        data.dataset_info(make_config(data_dir, dataset="mnist"))
+
+
+def test_unknown_split_names_the_available_ones(data_dir):
+    with pytest.raises(ValueError, match=r"config.eval_split: .*'validation'; available splits: test, train"):
+        data.eval_batches(make_config(data_dir, eval_split="validation"))
+    with pytest.raises(ValueError, match=r"config.train_split: .*'training'"):
+        data.train_loader(make_config(data_dir, train_split="training"))
+
+
+def test_batch_must_divide_between_processes(data_dir):
+    with pytest.raises(ValueError, match=r"config.batch_size: the global batch \(32\) .* 3 processes"):
+        data.train_loader(make_config(data_dir), process_index=0, process_count=3)
+    with pytest.raises(ValueError, match=r"config.eval_batch_size"):
+        data.eval_batches(make_config(data_dir, eval_batch_size=49), process_count=2)
+
+
+def test_dataset_in_tfrecord_asks_for_array_record(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from effnetx_jax.data import digits  # noqa: F401  (registers the builder)
+
+    tfds.builder("digits", data_dir=str(tmp_path), file_format="tfrecord").download_and_prepare(file_format="tfrecord")
+    expected = r"as tfrecord, .* need array_record .* `tfds convert_format --dataset_version_dir=.*digits/1.0.0"
+    with pytest.raises(ValueError, match=expected):
+        pipeline.ensure_prepared("digits", str(tmp_path))
