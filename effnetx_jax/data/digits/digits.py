@@ -6,15 +6,17 @@ as uint8 `round(v * 255 / 16)`.
 
 Features: `image` (8, 8, 1) uint8 PNG, `label` ClassLabel(10).
 
-Splits, fixed and stratified: within each class, in scikit-learn's order, the first
-`round(0.8 * n_class)` examples are `train` and the rest `test`:
+Splits, fixed and stratified: within each class, the examples are permuted with
+`numpy.random.default_rng(0)` and the first `round(0.8 * n_class)` of that order are `train`, the
+rest `test`. (scikit-learn's order groups the 13 writers, so a split by position would test on
+writers never seen in training; the 1.0.0 release did that.)
 
 | split | examples | per class (0..9) |
 |---|---:|---|
 | train | 1,438 | 142 146 142 146 145 146 145 143 139 144 |
 | test | 359 | 36 36 35 37 36 36 36 36 35 36 |
 
-Writers are not recorded, so one writer's digits may fall in both splits. Shuffling at write time
+Writers are not recorded, so one writer's digits fall in both splits. Shuffling at write time
 is disabled: each split keeps scikit-learn's order (classes interleave 0, 1, ..., 9, 0, 1, ...) and
 record `i` of a split is always the same image.
 """
@@ -28,6 +30,7 @@ import tensorflow_datasets as tfds
 
 NUM_CLASSES = 10
 TRAIN_FRACTION = 0.8
+SPLIT_SEED = 0
 SPLIT_SIZES = {"train": 1438, "test": 359}
 
 
@@ -36,9 +39,10 @@ def split_indices() -> dict[str, np.ndarray]:
     from sklearn.datasets import load_digits
 
     labels = load_digits().target
+    rng = np.random.default_rng(SPLIT_SEED)
     is_train = np.zeros(len(labels), bool)
     for digit in range(NUM_CLASSES):
-        members = np.flatnonzero(labels == digit)
+        members = rng.permutation(np.flatnonzero(labels == digit))
         is_train[members[: round(TRAIN_FRACTION * len(members))]] = True
     return {"train": np.flatnonzero(is_train), "test": np.flatnonzero(~is_train)}
 
@@ -46,8 +50,11 @@ def split_indices() -> dict[str, np.ndarray]:
 class Digits(tfds.core.GeneratorBasedBuilder):
     """UCI handwritten digits (8x8 grey) from scikit-learn, with a fixed stratified 80/20 split."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release: 1,797 digits, per-class 80/20 split."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "First release: 1,797 digits, per-class 80/20 split by position.",
+        "2.0.0": "Per-class 80/20 split of a seeded permutation, so both splits mix the writers.",
+    }
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
