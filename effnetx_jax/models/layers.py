@@ -3,6 +3,7 @@ space-to-batch and drop-path."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -51,20 +52,64 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], im
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=x.shape[-1],
         )
-    padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    out_h, out_w = math.ceil(x.shape[1] / strides[0]), math.ceil(x.shape[2] / strides[1])
-    out = None
+    return _shifted_depthwise(x, kernel, tuple(strides))
+
+
+def _taps(padded: jax.Array, kh: int, kw: int, strides, out_h: int, out_w: int):
+    """Yields (i, j, window): the strided window of `padded` that kernel tap (i, j) multiplies."""
+    n, _, _, c = padded.shape
     for i in range(kh):
         for j in range(kw):
-            window = lax.slice(
-                padded,
-                (0, i, j, 0),
-                (x.shape[0], i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1, x.shape[3]),
-                (1, strides[0], strides[1], 1),
-            )
-            term = window * kernel[i, j, 0]
-            out = term if out is None else out + term
-    return out
+            end = (n, i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1, c)
+            yield i, j, lax.slice(padded, (0, i, j, 0), end, (1, strides[0], strides[1], 1))
+
+
+def _sum_of_taps(padded: jax.Array, kernel: jax.Array, strides, out_h: int, out_w: int) -> jax.Array:
+    kh, kw = kernel.shape[:2]
+    terms = (window * kernel[i, j, 0] for i, j, window in _taps(padded, kh, kw, strides, out_h, out_w))
+    return functools.reduce(jnp.add, terms)
+
+
+def _pad_same(x: jax.Array, kh: int, kw: int, strides) -> jax.Array:
+    pads = (same_padding(x.shape[1], kh, strides[0]), same_padding(x.shape[2], kw, strides[1]))
+    return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _shifted_depthwise(x, kernel, strides):
+    kh, kw = kernel.shape[:2]
+    out_h, out_w = math.ceil(x.shape[1] / strides[0]), math.ceil(x.shape[2] / strides[1])
+    return _sum_of_taps(_pad_same(x, kh, kw, strides), kernel, strides, out_h, out_w)
+
+
+def _shifted_depthwise_fwd(x, kernel, strides):
+    return _shifted_depthwise(x, kernel, strides), (x, kernel)
+
+
+def _shifted_depthwise_bwd(strides, residuals, grad_out):
+    """Gradients as shifted slices too. XLA's own transpose of each slice is a full-size pad, summed
+    over the k*k taps, which made the backward pass about 4x the forward on CPU."""
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    out_h, out_w = grad_out.shape[1:3]
+    # Input gradient: a stride-1 correlation of the output gradient, zero-dilated by the stride and
+    # padded so that it lines up with the input, with the kernel flipped.
+    spatial = []
+    for axis, k, stride, out in ((1, kh, strides[0], out_h), (2, kw, strides[1], out_w)):
+        low = k - 1 - same_padding(x.shape[axis], k, stride)[0]
+        spatial.append((low, x.shape[axis] + k - 1 - low - ((out - 1) * stride + 1), stride - 1))
+    dilated = lax.pad(grad_out, jnp.zeros((), grad_out.dtype), [(0, 0, 0), *spatial, (0, 0, 0)])
+    grad_x = _sum_of_taps(dilated, kernel[::-1, ::-1], (1, 1), x.shape[1], x.shape[2])
+    # Kernel gradient: each tap's window of the padded input times the output gradient, summed.
+    padded = _pad_same(x, kh, kw, strides)
+    grad_taps = [
+        jnp.sum(window * grad_out, axis=(0, 1, 2)) for _, _, window in _taps(padded, kh, kw, strides, out_h, out_w)
+    ]
+    grad_kernel = jnp.stack(grad_taps).reshape(kh, kw, 1, -1).astype(kernel.dtype)
+    return grad_x, grad_kernel
+
+
+_shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
 
 
 class DepthwiseConv(nn.Module):
