@@ -71,8 +71,7 @@ def _due(step: int, every: int, last: int) -> bool:
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final metrics."""
-    data.ensure_prepared(config.dataset, config.data_dir)
-    info = data.dataset_info(config)
+    info = data.dataset_info(config)  # prepares the bundled digits dataset on first use
     check_config(config, info.num_classes)
     plan = make_plan(config, info.num_train)
     os.makedirs(workdir, exist_ok=True)
