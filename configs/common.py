@@ -32,7 +32,7 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     config.total_epochs = 350.0
 
     # TF1 RMSPropOptimizer: ms initialised to 1, eps inside the sqrt, lr inside the momentum.
-    config.optimizer = "rmsprop"
+    config.optimizer = "rmsprop"  # or "momentum", "sgd" (plain), "adam"
     config.rmsprop_decay = 0.9
     config.momentum = 0.9
     config.rmsprop_epsilon = 1e-3

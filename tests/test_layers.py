@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,8 +49,8 @@ def test_space_to_batch_is_an_exact_inverse_pair():
     assert y.shape == (12, 4, 6, 5)
     np.testing.assert_array_equal(layers.batch_to_space(y, 2), x)
     np.testing.assert_array_equal(layers.space_to_batch(layers.batch_to_space(y, 2), 2), y)
-    # TF space_to_batch_nd ordering: batch (i*b + j)*N + n holds pixels (h*b + i, w*b + j) of image n.
-    np.testing.assert_array_equal(y[(1 * 2 + 0) * 3 + 2], x[2, 1::2, 0::2])
+    # Image outermost: batch (n*b + i)*b + j holds pixels (h*b + i, w*b + j) of image n.
+    np.testing.assert_array_equal(y[(2 * 2 + 1) * 2 + 0], x[2, 1::2, 0::2])
 
 
 def test_conv_after_space_to_batch_is_a_dilated_conv():
@@ -94,3 +95,37 @@ def test_initialisers_follow_the_reference():
     limit = 1 / 1000**0.5
     assert float(dense.max()) <= limit and float(dense.min()) >= -limit
     assert float(dense.max()) > 0.99 * limit
+
+
+def _apply_batch_norm(module, x, variables=None):
+    if variables is None:  # non-trivial scale, bias and running statistics
+        variables = module.init(jax.random.key(0), x)
+        variables = jax.tree.map(lambda v: v + jax.random.uniform(jax.random.key(1), v.shape), variables)
+    y, updates = module.apply(variables, x, mutable=["batch_stats"])
+    return y, updates["batch_stats"], variables
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_matches_flax_in_training_and_eval(dtype):
+    x = (jax.random.normal(jax.random.key(2), (4, 5, 5, 3)) * 3 + 1).astype(dtype)
+    ours = layers.BatchNorm(False, 0.99, 1e-3, dtype=dtype)
+    flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.99, epsilon=1e-3, dtype=dtype)
+    y, stats, variables = _apply_batch_norm(ours, x)
+    y_ref, stats_ref, _ = _apply_batch_norm(flax_bn, x, variables)
+    assert y.dtype == y_ref.dtype == dtype
+    np.testing.assert_allclose(np.float32(y), np.float32(y_ref), rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), stats, stats_ref)
+    eval_ours = layers.BatchNorm(True, 0.99, 1e-3, dtype=dtype).apply(variables, x)
+    eval_ref = nn.BatchNorm(use_running_average=True, epsilon=1e-3, dtype=dtype).apply(variables, x)
+    np.testing.assert_allclose(np.float32(eval_ours), np.float32(eval_ref), rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_batch_norm_normalises_each_slice_by_its_own_statistics():
+    x = jax.random.normal(jax.random.key(3), (6, 4, 4, 2)) * jnp.arange(1, 7).reshape(6, 1, 1, 1)
+    y, stats, variables = _apply_batch_norm(layers.BatchNorm(False, 0.9, 1e-3, groups=3), x)
+    per_slice = [_apply_batch_norm(layers.BatchNorm(False, 0.9, 1e-3), x[i : i + 2], variables) for i in (0, 2, 4)]
+    np.testing.assert_allclose(y, jnp.concatenate([out for out, _, _ in per_slice]), rtol=1e-5, atol=1e-5)
+    # The running statistics move towards the mean of the groups' statistics.
+    for name in ("mean", "var"):
+        expected = np.mean([slice_stats[name] for _, slice_stats, _ in per_slice], axis=0)
+        np.testing.assert_allclose(stats[name], expected, rtol=1e-6)

@@ -232,7 +232,7 @@ def test_create_optimizer_rmsprop_follows_the_schedule():
     np.testing.assert_allclose(trace[0], tf1_rmsprop_trace()[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam"])
+@pytest.mark.parametrize("name", ["momentum", "sgd", "adam"])
 def test_create_optimizer_alternatives_take_a_step(name):
     tx, _ = create_optimizer(recipe_config(optimizer=name, warmup_epochs=0), 10, 100)
     trace, _ = run_optimizer(tx, steps=1)
@@ -240,14 +240,20 @@ def test_create_optimizer_alternatives_take_a_step(name):
     assert not np.allclose(trace[0][:3], INITIAL_PARAMS[:3])
 
 
-def test_sgd_is_tf_momentum():
-    cfg = recipe_config(optimizer="sgd", warmup_epochs=0, lr_schedule="constant", learning_rate=0.1)
+def test_momentum_is_tf_momentum():
+    cfg = recipe_config(optimizer="momentum", warmup_epochs=0, lr_schedule="constant", learning_rate=0.1)
     tx, _ = create_optimizer(cfg, 10, 100)
     trace, _ = run_optimizer(tx, steps=2)
     accumulation = GRADIENTS[0]
     after_one = INITIAL_PARAMS - 0.1 * accumulation
     accumulation = 0.9 * accumulation + GRADIENTS[1]
     np.testing.assert_allclose(trace[1], after_one - 0.1 * accumulation, atol=1e-6)
+
+
+def test_sgd_is_plain_gradient_descent():
+    cfg = recipe_config(optimizer="sgd", warmup_epochs=0, lr_schedule="constant", learning_rate=0.1)
+    trace, _ = run_optimizer(create_optimizer(cfg, 10, 100)[0], steps=2)
+    np.testing.assert_allclose(trace[1], INITIAL_PARAMS - 0.1 * GRADIENTS[0] - 0.1 * GRADIENTS[1], atol=1e-6)
 
 
 def test_unknown_optimizer_is_named():

@@ -192,16 +192,16 @@ config.data_dir = sys.argv[1]
 config.model.update(width=0.25, depth=0.25, head_filters=64)
 config.update(total_epochs=0.0, total_steps=2, log_every_steps=1, eval_every_epochs=0.0,
               checkpoint_every_epochs=0.0, checkpoint_every_steps=2)
-config.batch_size = int(sys.argv[3])
+config.batch_size, config.bn_group_size = int(sys.argv[3]), int(sys.argv[4])
 metrics = train_and_evaluate(config, sys.argv[2])
 print(json.dumps({"devices": jax.device_count(), **metrics}))
 """
 
 
-def _run_on_devices(count, data_dir, workdir, batch_size=16):
+def _run_on_devices(count, data_dir, workdir, batch_size=16, bn_group_size=0):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
-        [sys.executable, "-c", EIGHT_DEVICES, str(data_dir), str(workdir), str(batch_size)],
+        [sys.executable, "-c", EIGHT_DEVICES, str(data_dir), str(workdir), str(batch_size), str(bn_group_size)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -230,6 +230,28 @@ def test_eight_fake_devices_train_like_one_device(data_dir, tmp_path):
     for a, b in zip(jax.tree.leaves(one_state["params"]), jax.tree.leaves(eight_state["params"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     assert eight_metrics["train/loss"] == pytest.approx(one_metrics["train/loss"], rel=1e-5)
+
+
+def test_grouped_batch_norm_depends_on_the_images_per_group_not_the_devices(data_dir, tmp_path):
+    # 16 images in 2 BatchNorm groups of 8 either way: 8 devices in groups of 4, or 2 devices alone.
+    runs = {
+        "8x4": _run_on_devices(8, data_dir, tmp_path / "8x4", bn_group_size=4),
+        "2x1": _run_on_devices(2, data_dir, tmp_path / "2x1", bn_group_size=1),
+        "global": _run_on_devices(2, data_dir, tmp_path / "global"),
+    }
+    for result in runs.values():
+        assert result.returncode == 0, result.stderr[-3000:]
+    stats = {name: jax.tree.leaves(checkpointed_state(str(tmp_path / name), 2)["batch_stats"]) for name in runs}
+    for a, b in zip(stats["8x4"], stats["2x1"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    largest_gap = max(float(np.max(np.abs(a - b))) for a, b in zip(stats["8x4"], stats["global"], strict=True))
+    assert largest_gap > 1e-3  # the groups really normalise with their own statistics
+
+
+def test_bn_group_size_must_divide_the_devices(data_dir, tmp_path):
+    result = _run_on_devices(8, data_dir, tmp_path, bn_group_size=3)
+    assert result.returncode != 0
+    assert "config.bn_group_size: bn_group_size=3 must be 0" in result.stderr
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(data_dir, tmp_path):

@@ -11,9 +11,14 @@ from effnetx_jax.models.registry import FAMILIES, VARIANTS, family_members, get_
 from effnetx_jax.models.scaling import Architecture, BlockSpec, round_filters, round_repeats
 
 
-def create_model(cfg) -> EfficientNet:
-    """The Flax module for a model config (see `model_config`); validates the config first."""
-    return EfficientNet(architecture(cfg), dtype=jnp.dtype(cfg.dtype), depthwise_impl=cfg.depthwise_impl)
+def create_model(cfg, bn_groups: int = 1) -> EfficientNet:
+    """The Flax module for a model config (see `model_config`); validates the config first.
+
+    `bn_groups` > 1 computes BatchNorm statistics separately on that many contiguous batch slices.
+    """
+    return EfficientNet(
+        architecture(cfg), dtype=jnp.dtype(cfg.dtype), depthwise_impl=cfg.depthwise_impl, bn_groups=bn_groups
+    )
 
 
 __all__ = [

@@ -58,9 +58,10 @@ class Block(nn.Module):
     bn_epsilon: float
     depthwise_impl: str
     dtype: jnp.dtype
+    bn_groups: int = 1
 
     def _batch_norm(self, train, name):
-        return layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, name=name)
+        return layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, self.bn_groups, name=name)
 
     def _conv_bn_act(self, x, features, kernel, strides, name, train, act=True):
         x = layers.conv(features, kernel, strides, dtype=self.dtype, name=f"{name}_conv")(x)
@@ -109,11 +110,14 @@ class EfficientNet(nn.Module):
     """Stem (3x3/s2 conv, BN, act) -> blocks -> head (1x1 conv, BN, act, mean pool, dropout, dense).
 
     `dtype` is the compute dtype; parameters and BN statistics stay float32, logits are float32.
+    `bn_groups` splits the batch into that many contiguous slices with their own BatchNorm statistics
+    (the trainer's `bn_group_size`); 1 normalises over the whole batch.
     """
 
     arch: Architecture
     dtype: jnp.dtype = jnp.float32
     depthwise_impl: str = "auto"
+    bn_groups: int = 1
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -121,13 +125,19 @@ class EfficientNet(nn.Module):
         act = layers.ACTIVATION_FNS[arch.activation]
 
         def bn(name):
-            return layers.batch_norm(train, arch.bn_momentum, arch.bn_epsilon, self.dtype, name=name)
+            return layers.batch_norm(train, arch.bn_momentum, arch.bn_epsilon, self.dtype, self.bn_groups, name=name)
 
         x = images.astype(self.dtype)
         x = act(bn("stem_bn")(layers.conv(arch.stem_filters, 3, (2, 2), dtype=self.dtype, name="stem_conv")(x)))
         for spec in arch.blocks:
             block = Block(
-                spec, arch.bn_momentum, arch.bn_epsilon, self.depthwise_impl, self.dtype, name=f"blocks_{spec.index}"
+                spec,
+                arch.bn_momentum,
+                arch.bn_epsilon,
+                self.depthwise_impl,
+                self.dtype,
+                self.bn_groups,
+                name=f"blocks_{spec.index}",
             )
             x = block(x, train)
         x = act(bn("head_bn")(layers.conv(arch.head_filters, 1, dtype=self.dtype, name="head_conv")(x)))

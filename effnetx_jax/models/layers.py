@@ -141,38 +141,83 @@ def conv(features: int, kernel_size: int, strides=(1, 1), *, dtype, use_bias=Fal
     )
 
 
-def batch_norm(train: bool, momentum: float, epsilon: float, dtype, name=None) -> nn.BatchNorm:
-    """BN with statistics reduced in float32 whatever the compute dtype (flax's default)."""
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=momentum,
-        epsilon=epsilon,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
+class BatchNorm(nn.Module):
+    """BatchNorm with flax's parameters, numerics and update rule, and optional grouped statistics.
+
+    Training normalises with batch statistics reduced in float32 (E[x^2] - E[x]^2, clipped at 0) and
+    updates `batch_stats` as `m = momentum * m + (1 - momentum) * batch`, exactly as `nn.BatchNorm`.
+    With `groups` > 1 the batch is split into that many equal contiguous slices, each normalised by
+    its own statistics: TF's grouped cross-replica BN (`TpuBatchNormalization`), where each group is
+    `bn_group_size` consecutive replicas. TF keeps one moving average per replica and saves replica
+    0's; here the update uses the mean of the groups' statistics, the same for every device.
+    """
+
+    use_running_average: bool
+    momentum: float
+    epsilon: float
+    groups: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        if self.use_running_average:
+            return self._normalize(x, running_mean.value, running_var.value, scale, bias)
+        # [groups, batch / groups, ..., C]: statistics per group, broadcast back over its slice.
+        grouped = x.reshape(self.groups, -1, *x.shape[1:])
+        mean, var = self._batch_statistics(grouped)
+        if not self.is_initializing():
+            running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean.mean(0)
+            running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var.mean(0)
+        per_group = (self.groups,) + (1,) * (x.ndim - 1) + (features,)
+        y = self._normalize(grouped, mean.reshape(per_group), var.reshape(per_group), scale, bias)
+        return y.reshape(x.shape)
+
+    def _normalize(self, x, mean, var, scale, bias):
+        # The operation order of flax's `_normalize`, in float32 (mean is float32), cast at the end.
+        return ((x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias).astype(self.dtype)
+
+    @staticmethod
+    def _batch_statistics(grouped: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per-group mean and variance [groups, C], reduced in float32 whatever the compute dtype."""
+        values = grouped.astype(jnp.promote_types(grouped.dtype, jnp.float32))
+        axes = tuple(range(1, values.ndim - 1))
+        mean = values.mean(axes)
+        var = jnp.maximum(0.0, jnp.square(values).mean(axes) - jnp.square(mean))
+        return mean, var
+
+
+def batch_norm(train: bool, momentum: float, epsilon: float, dtype, groups: int = 1, name=None) -> BatchNorm:
+    return BatchNorm(not train, momentum, epsilon, groups=groups, dtype=dtype, name=name)
 
 
 def space_to_batch(x: jax.Array, block: int) -> jax.Array:
-    """[N, H, W, C] -> [b*b*N, H/b, W/b, C] with TF `space_to_batch_nd` ordering.
+    """[N, H, W, C] -> [N*b*b, H/b, W/b, C]: each image becomes b*b images, one per sub-grid offset.
 
-    Output batch index (i*b + j)*N + n holds pixels (h*b + i, w*b + j) of image n: each new image is
-    the sub-grid at one offset, so a k x k conv on it is a conv dilated by b on the original grid.
+    Batch index (n*b + i)*b + j holds pixels (h*b + i, w*b + j) of image n, so a k x k conv on it is
+    a conv dilated by b on the original grid. TF's `space_to_batch_nd` puts the offset outermost
+    ((i*b + j)*N + n); keeping the image outermost instead changes no value (convs act per image and
+    BatchNorm sees the same pixels) but keeps every image's sub-grids in its own data shard and
+    BatchNorm group, so the rewrite needs no cross-device transpose.
     """
     n, h, w, c = x.shape
     if h % block or w % block:
         raise ValueError(f"space_to_batch: block {block} does not divide the {h}x{w} feature map")
     x = x.reshape(n, h // block, block, w // block, block, c)
-    x = x.transpose(2, 4, 0, 1, 3, 5)
-    return x.reshape(block * block * n, h // block, w // block, c)
+    x = x.transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(n * block * block, h // block, w // block, c)
 
 
 def batch_to_space(x: jax.Array, block: int) -> jax.Array:
     """The inverse of `space_to_batch`."""
     bn, h, w, c = x.shape
     n = bn // (block * block)
-    x = x.reshape(block, block, n, h, w, c)
-    x = x.transpose(2, 3, 0, 4, 1, 5)
+    x = x.reshape(n, block, block, h, w, c)
+    x = x.transpose(0, 3, 1, 4, 2, 5)
     return x.reshape(n, h * block, w * block, c)
 
 

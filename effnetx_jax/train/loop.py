@@ -18,7 +18,7 @@ from effnetx_jax import data
 from effnetx_jax.models import create_model
 from effnetx_jax.train import optim
 from effnetx_jax.train.checkpoints import Checkpoints
-from effnetx_jax.train.plan import check_config, make_plan
+from effnetx_jax.train.plan import bn_groups, check_config, make_plan
 from effnetx_jax.train.reporting import MetricsLog, write_config
 from effnetx_jax.train.state import create_train_state
 from effnetx_jax.train.steps import make_eval_step, make_train_step
@@ -82,7 +82,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    model = create_model(config.model)
+    model = create_model(config.model, bn_groups=bn_groups(config))
     tx, schedule = optim.create_optimizer(config, plan.steps_per_epoch, plan.total_steps)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     image_shape = (config.model.resolution, config.model.resolution, 3)

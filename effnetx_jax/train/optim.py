@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import optax
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
+# The names of the official `--optimizer` flag, plus adam.
+OPTIMIZERS = ("adam", "momentum", "rmsprop", "sgd")
 
 # TF decays every trainable variable whose name lacks 'batch_normalization'; our BN modules are `*_bn`.
 BATCH_NORM_SUFFIX = "_bn"
@@ -66,15 +67,18 @@ def create_optimizer(
     """The optimizer named by `config.optimizer` driven by `learning_rate_schedule`, and that schedule.
 
     'rmsprop' is the official one (`config.rmsprop_decay`, `config.momentum`, `config.rmsprop_epsilon`);
-    'sgd' is heavy-ball momentum (`config.momentum`, TF's `MomentumOptimizer`); 'adam' uses optax's
-    defaults. Weight decay is not part of the optimizer: the trainer adds it to the loss (`l2_penalty`).
+    'momentum' is heavy-ball momentum (`config.momentum`, TF's `MomentumOptimizer`), 'sgd' plain
+    gradient descent (TF's `GradientDescentOptimizer`), as the official flag names them; 'adam' uses
+    optax's defaults. Weight decay is not part of the optimizer: the trainer adds it to the loss (`l2_penalty`).
     """
     schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
     name = config.optimizer
     if name == "rmsprop":
         tx = tf_rmsprop(schedule, decay=config.rmsprop_decay, momentum=config.momentum, epsilon=config.rmsprop_epsilon)
-    elif name == "sgd":
+    elif name == "momentum":
         tx = optax.sgd(schedule, momentum=config.momentum)
+    elif name == "sgd":
+        tx = optax.sgd(schedule)
     elif name == "adam":
         tx = optax.adam(schedule)
     else:

@@ -58,6 +58,15 @@ def make_plan(config, num_train_examples: int) -> Plan:
     )
 
 
+def bn_groups(config) -> int:
+    """How many BatchNorm groups the global batch splits into: `bn_group_size` devices per group.
+
+    The batch is laid out device after device along the mesh's data axis, so each group is the
+    images of `bn_group_size` consecutive devices, as TF's grouped cross-replica BatchNorm.
+    """
+    return jax.device_count() // config.bn_group_size if config.bn_group_size else 1
+
+
 def check_config(config, num_classes: int) -> None:
     """Checks that need no data and no compilation; raises ValueError naming the key."""
     architecture(config.model)
@@ -73,8 +82,13 @@ def check_config(config, num_classes: int) -> None:
             "model.num_classes",
             f"is {config.model.num_classes} but dataset {config.dataset!r} has {num_classes} classes",
         )
-    if config.bn_group_size not in (0, devices):
-        _fail("bn_group_size", "grouped BatchNorm is not implemented yet; use 0 (statistics over the global batch)")
+    group = config.bn_group_size
+    if not isinstance(group, int) or group < 0 or (group and devices % group):
+        _fail(
+            "bn_group_size",
+            f"bn_group_size={group!r} must be 0 (statistics over the global batch) or a divisor of the "
+            f"{devices} devices",
+        )
     for key in ("label_smoothing", "weight_decay", "ema_decay"):
         if not 0 <= config[key] < 1:
             _fail(key, f"must be in [0, 1), got {config[key]}")
