@@ -1,7 +1,13 @@
-"""Shared helpers: tiny models at 32 px so every test runs in seconds on 2 CPU cores."""
+"""Shared helpers: tiny models at 32 px so every test runs in seconds on 2 CPU cores, and readers of
+what a training run writes."""
+
+import json
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 
 from effnetx_jax.models import model_config
 
@@ -37,3 +43,25 @@ def tiny_config(blocks, *, activation="relu", width=0.25, se_coefficient=1.0, **
 def init_variables(model, resolution=32, batch=2):
     images = jnp.zeros((batch, resolution, resolution, 3), jnp.float32)
     return jax.jit(lambda x: model.init({"params": jax.random.key(0)}, x))(images)
+
+
+def read_jsonl(workdir):
+    return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoint_steps(workdir):
+    return sorted(int(name) for name in os.listdir(pathlib.Path(workdir) / "checkpoints") if name.isdigit())
+
+
+def checkpointed_state(workdir, step):
+    """The checkpointed train state as host arrays, whatever device count wrote it."""
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"), item_handlers={"state": ocp.StandardCheckpointHandler()}
+    )
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda meta: jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=device), manager.item_metadata(step).state
+    )
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    manager.close()
+    return jax.device_get(restored.state)

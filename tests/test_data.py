@@ -179,24 +179,29 @@ def test_restored_iterator_yields_the_same_batches(data_dir):
         np.testing.assert_array_equal(a["label"], b["label"])
 
 
-def test_train_shards_are_disjoint_and_cover_the_split(data_dir):
+def test_an_epoch_of_the_stream_covers_the_split_once(data_dir):
     # Whole-image crops let training images be matched against the evaluation view of the split.
     config = make_config(data_dir, batch_size=64, **WHOLE_IMAGE)
-    shard_size, local_batch = NUM_TRAIN // 2, config.batch_size // 2
-    seen = collections.Counter()
-    for process_index in range(2):
-        iterator = iter(data.train_loader(config, process_index=process_index, process_count=2))
-        batches = take(iterator, -(-shard_size // local_batch))
-        images = np.concatenate([batch["image"] for batch in batches])[:shard_size]
-        shard = collections.Counter(image_key(image) for image in images)
-        assert not seen & shard, "the two processes share examples"
-        seen += shard
+    batches = take(iter(data.train_loader(config)), -(-NUM_TRAIN // config.batch_size))
+    seen = collections.Counter(image_key(image) for image in np.concatenate([b["image"] for b in batches])[:NUM_TRAIN])
     everything = collections.Counter(
         image_key(image)
         for batch in data.eval_batches(make_config(data_dir, eval_split="train", eval_batch_size=NUM_TRAIN))
         for image in batch["image"]
     )
     assert seen == everything
+
+
+def test_processes_read_slices_of_the_same_global_batches(data_dir):
+    config = make_config(data_dir)
+    single = take(iter(data.train_loader(config)), 3)
+    parts = [take(iter(data.train_loader(config, process_index=p, process_count=2)), 3) for p in range(2)]
+    for step, global_batch in enumerate(single):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(np.concatenate([part[step][key] for part in parts]), global_batch[key])
+    # A new iterator can also start at a given global batch (a resume with another process count).
+    later = next(iter(data.train_loader(config, process_index=1, process_count=2, start_step=2)))
+    np.testing.assert_array_equal(later["image"], parts[1][2]["image"])
 
 
 def test_train_with_worker_processes(data_dir):

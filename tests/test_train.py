@@ -10,11 +10,12 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import quickstart
 from effnetx_jax.train import NonFiniteLossError, format_metrics, train_and_evaluate
+
+from conftest import checkpoint_steps, checkpointed_state, read_jsonl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -42,28 +43,6 @@ def tiny_config(data_dir, **overrides):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tfds")
-
-
-def read_jsonl(workdir):
-    return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def checkpoint_steps(workdir):
-    return sorted(int(name) for name in os.listdir(pathlib.Path(workdir) / "checkpoints") if name.isdigit())
-
-
-def checkpointed_state(workdir, step):
-    """The checkpointed train state as host arrays, whatever device count wrote it."""
-    manager = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"), item_handlers={"state": ocp.StandardCheckpointHandler()}
-    )
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda meta: jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=device), manager.item_metadata(step).state
-    )
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    manager.close()
-    return jax.device_get(restored.state)
 
 
 def test_end_to_end_training_writes_metrics_config_and_checkpoints(data_dir, tmp_path):
@@ -185,6 +164,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
 EIGHT_DEVICES = """
 import json, sys
 import jax
+from conftest import checkpoint_steps, checkpointed_state, read_jsonl
+
 from configs import quickstart
 from effnetx_jax.train import train_and_evaluate
 config = quickstart.get_config()

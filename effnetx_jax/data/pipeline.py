@@ -1,11 +1,10 @@
 """Grain input pipelines over TFDS datasets stored as array_record.
 
-- `train_loader(config, process_index=, process_count=)`: a `grain.DataLoader`, an endless stream of
-  shuffled, augmented batches of `config.batch_size // process_count` examples. Each process reads
-  its own contiguous shard of the split (Grain `ShardOptions`, the remainder dropped so every
-  process has the same number of examples), reshuffled every epoch with `config.seed`. Its iterator
-  has `get_state()`/`set_state()`: the trainer stores the state in the checkpoint so a resumed run
-  sees exactly the batches it would have seen.
+- `train_loader(config, process_index=, process_count=)`: an endless stream of shuffled, augmented
+  batches of `config.batch_size // process_count` examples: this process's slice of every batch of
+  one global stream, which depends only on the config (see the function). Its iterator has
+  `get_state()`/`set_state()`: the trainer stores the state in the checkpoint so a resumed run sees
+  exactly the batches it would have seen.
 - `eval_batches(config, process_index=, process_count=)`: one pass over the eval split in order.
   Process `p` of `P` reads the contiguous examples `[p * n // P, (p + 1) * n // P)`, so every example
   is seen exactly once; the last batch is zero-padded to full size and `mask` marks the real
@@ -74,7 +73,13 @@ def ensure_prepared(name: str, data_dir: str | None = None):
 
         builder = tfds.builder(name, data_dir=data_dir)
         if not builder.is_prepared():
-            builder.download_and_prepare(file_format=ARRAY_RECORD)
+            try:
+                builder.download_and_prepare(file_format=ARRAY_RECORD)
+            except FileExistsError:
+                # Another process of the run built it at the same time and renamed its copy into place first.
+                builder = tfds.builder(name, data_dir=data_dir)
+                if not builder.is_prepared():
+                    raise
     else:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
@@ -144,6 +149,17 @@ def _batches_ahead(config) -> int:
     return max(1, config.data.prefetch_buffer_size)
 
 
+def _prefetched(batches: grain.MapDataset, config) -> grain.IterDataset:
+    """`batches` prepared ahead by reader threads and, with `config.data.num_workers`, worker processes."""
+    ahead = _batches_ahead(config)
+    read_options = grain.ReadOptions(num_threads=min(READ_THREADS, ahead), prefetch_buffer_size=ahead)
+    prefetched = batches.to_iter_dataset(read_options)
+    if num_workers := _worker_count(config):
+        options = grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=ahead)
+        prefetched = prefetched.mp_prefetch(options)
+    return prefetched
+
+
 def _worker_count(config) -> int:
     """`config.data.num_workers`, making sure Grain can start worker processes outside an absl app."""
     if config.data.num_workers > 0 and not flags.FLAGS.is_parsed():
@@ -158,31 +174,31 @@ def _worker_count(config) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def train_loader(config, *, process_index: int = 0, process_count: int = 1) -> grain.DataLoader:
-    """Endless shuffled batches of this process's shard; `iter(loader)` is checkpointable.
+def train_loader(config, *, process_index: int = 0, process_count: int = 1, start_step: int = 0) -> grain.IterDataset:
+    """This process's part of the global training stream, from global batch `start_step` on.
 
-    Every example's augmentation draws from a generator Grain seeds with `config.seed` and the
-    example's position in the stream, so the batches depend only on the config and the process,
-    not on the worker count or on when the iterator was restored.
+    The global stream is the split reshuffled every epoch with `config.seed`, repeated forever and
+    cut into global batches of `config.batch_size`; each example's augmentation draws from a
+    generator seeded by `config.seed` and the example's position in that stream. Process `p` of `P`
+    reads the `p`-th of the `P` equal slices of every global batch, so the global batches (and a
+    run's results) do not depend on how many processes read them, nor on the worker count.
+    `iter(...)` has `get_state()`/`set_state()` for the checkpoint; `start_step` positions a new
+    iterator directly (for a resume with another process count).
     """
     local_batch = _local_batch_size(config, "batch_size", process_count)
     if not 0 <= config.seed < 2**32:
         raise ValueError(f"config.seed: Grain needs a seed in [0, 2**32), got {config.seed}")
     builder = ensure_prepared(config.dataset, config.data_dir)
     _num_examples(builder, config.train_split, "train_split")
-    source = builder.as_data_source(split=config.train_split)
-    shard = grain.sharding.ShardOptions(shard_index=process_index, shard_count=process_count, drop_remainder=True)
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=config.seed
-    )
-    return grain.DataLoader(
-        data_source=source,
-        sampler=sampler,
-        operations=[*preprocessing.train_transforms(config), grain.transforms.Batch(local_batch, drop_remainder=True)],
-        worker_count=_worker_count(config),
-        worker_buffer_size=_batches_ahead(config),
-        shard_options=shard,
-    )
+    stream = grain.MapDataset.source(builder.as_data_source(split=config.train_split)).seed(config.seed)
+    stream = stream.shuffle().repeat()
+    for transform in preprocessing.train_transforms(config):
+        random = isinstance(transform, grain.transforms.RandomMap)
+        stream = stream.random_map(transform) if random else stream.map(transform)
+    # Slices of global batch b are local batches b*P .. b*P + P-1 of the stream; this process's are
+    # every P-th from its index. Lazy: only this process's examples are read and transformed.
+    local_batches = stream.batch(local_batch)[process_index::process_count][start_step:]
+    return _prefetched(local_batches, config)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,13 +231,7 @@ def eval_batches(config, *, process_index: int = 0, process_count: int = 1) -> I
         dataset = dataset.map(transform)
     # Batched before the reader threads and worker processes so that each of them prepares whole
     # batches in order, and only the last batch is partial.
-    ahead = _batches_ahead(config)
-    read_options = grain.ReadOptions(num_threads=min(READ_THREADS, ahead), prefetch_buffer_size=ahead)
-    batches = dataset.batch(local_batch, drop_remainder=False).to_iter_dataset(read_options)
-    if num_workers := _worker_count(config):
-        batches = batches.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=ahead)
-        )
+    batches = _prefetched(dataset.batch(local_batch, drop_remainder=False), config)
     resolution = config.model.resolution
     return _padded(batches, local_batch, num_batches, (resolution, resolution, 3))
 

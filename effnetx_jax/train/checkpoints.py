@@ -10,7 +10,10 @@ import orbax.checkpoint as ocp
 
 
 class Checkpoints:
-    """`workdir/checkpoints/<step>/{state,data}`; keeps the last `keep`."""
+    """`workdir/checkpoints/<step>/{state,data,run}`; keeps the last `keep`.
+
+    `data` holds each process's Grain iterator state and `run` the number of processes that wrote it.
+    """
 
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -18,7 +21,11 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+                "run": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
@@ -28,21 +35,28 @@ class Checkpoints:
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                run=ocp.args.JsonSave({"process_count": jax.process_count()}),
             ),
             force=True,
         )
 
     def restore(self, step: int, abstract_state, data_iterator):
-        """Restores into the shardings of `abstract_state`; refuses a checkpoint of another model."""
+        """Restores into the shardings of `abstract_state`; refuses a checkpoint of another model.
+
+        Returns the state and whether `data_iterator` was restored too: the per-process iterator
+        states only fit a run with as many processes as the one that saved them.
+        """
         self._check_compatible(step, abstract_state)
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator)
-            ),
-        )
-        return restored.state
+        saved_processes = self.manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run[
+            "process_count"
+        ]
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if saved_processes == jax.process_count():
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored.state, "data" in items
 
     def _check_compatible(self, step: int, abstract_state) -> None:
         saved = dict(_shapes(self.manager.item_metadata(step).state))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 import time
 
 import jax
@@ -16,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from effnetx_jax import data
 from effnetx_jax.models import create_model
-from effnetx_jax.train import optim
+from effnetx_jax.train import multihost, optim
 from effnetx_jax.train.checkpoints import Checkpoints
 from effnetx_jax.train.plan import bn_groups, check_config, make_plan
 from effnetx_jax.train.reporting import MetricsLog, write_config
@@ -28,18 +26,11 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-@contextlib.contextmanager
-def _sigterm_flag():
-    """Yields an Event set on SIGTERM (preemption), so the loop can checkpoint and stop cleanly."""
-    event = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield event
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
-    try:
-        yield event
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _train_iterator(config, start_step: int = 0):
+    loader = data.train_loader(
+        config, process_index=jax.process_index(), process_count=jax.process_count(), start_step=start_step
+    )
+    return iter(loader)
 
 
 def _global_batch(local_batch: dict, sharding) -> dict:
@@ -73,6 +64,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final metrics."""
     info = data.dataset_info(config)  # prepares the bundled digits dataset on first use
     check_config(config, info.num_classes)
+    multihost.check_same_config(config)
     plan = make_plan(config, info.num_train)
     os.makedirs(workdir, exist_ok=True)
     write_config(workdir, config)
@@ -88,12 +80,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
     image_shape = (config.model.resolution, config.model.resolution, 3)
     state, state_sharding = create_train_state(model, tx, init_rng, image_shape, mesh)
 
-    train_iter = iter(data.train_loader(config, process_index=jax.process_index(), process_count=jax.process_count()))
+    train_iter = _train_iterator(config)
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     start_step = checkpoints.latest_step() or 0
     if start_step:
         logging.info("Resuming from the checkpoint at step %d in %s", start_step, checkpoints.directory)
-        state = checkpoints.restore(start_step, state, train_iter)
+        state, data_restored = checkpoints.restore(start_step, state, train_iter)
+        if not data_restored:
+            logging.warning(
+                "The checkpoint was written by a run with another number of processes: the input position "
+                "is recomputed from the step (the global stream does not depend on the process count)."
+            )
+            train_iter.close()
+            train_iter = _train_iterator(config, start_step)
     else:
         parameter_overview.log_parameter_overview(state.params)
 
@@ -109,7 +108,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     report_progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=log.writer)
     final: dict = {}
     train_metrics, window_start, window_steps = None, time.perf_counter(), 0
-    with _sigterm_flag() as preempted:
+    # Closing the iterator stops its Grain worker processes, also when the loop raises.
+    with (
+        multihost.preemption_check() as preempted,
+        multihost.explain_peer_failures(checkpoints.directory),
+        contextlib.closing(train_iter),
+    ):
         for step in range(start_step + 1, plan.total_steps + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 batch = _global_batch(next(train_iter), batch_sharding)
@@ -130,10 +134,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     eval_scalars = _evaluate(eval_step, state, config, batch_sharding)
                 final.update(log.write(step, eval_scalars))
                 window_start = time.perf_counter()
-            if _due(step, plan.checkpoint_every, plan.total_steps) or preempted.is_set():
+            stop = preempted(step)
+            if _due(step, plan.checkpoint_every, plan.total_steps) or stop:
                 _check_finite(state)
                 checkpoints.save(step, state, train_iter)
-            if preempted.is_set():
+            if stop:
                 logging.warning("SIGTERM received: saved the checkpoint at step %d and stopping.", step)
                 final["preempted"] = 1.0
                 break

@@ -1,0 +1,76 @@
+"""What the processes of a run must agree on: the config, and the step at which a preemption stops them."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+
+def config_fingerprint(config) -> np.ndarray:
+    """The config's SHA-256 as eight uint32 words (arrays, so processes can compare them)."""
+    digest = hashlib.sha256(config.to_json(sort_keys=True).encode()).digest()
+    return np.frombuffer(digest, dtype=np.uint32)
+
+
+def check_same_config(config) -> None:
+    """Fails on every process unless all processes run the same config (a hash compared across them)."""
+    if jax.process_count() == 1:
+        return
+    fingerprints = np.asarray(multihost_utils.process_allgather(config_fingerprint(config)))
+    differing = [
+        index for index, fingerprint in enumerate(fingerprints) if not np.array_equal(fingerprint, fingerprints[0])
+    ]
+    if differing:
+        raise ValueError(
+            f"processes {differing} run a different config from process 0 (the config hashes differ); every "
+            "process must run the same command with the same config file and overrides"
+        )
+
+
+@contextlib.contextmanager
+def preemption_check() -> Iterator[Callable[[int], bool]]:
+    """Yields `preempted(step)`: True at the step where the run should checkpoint and stop.
+
+    One process: true once SIGTERM has arrived. Several: JAX's preemption sync manager (started by
+    `jax.distributed.initialize`, which handles SIGTERM itself) picks a step at which every process
+    answers True, so they all save the same checkpoint together.
+    """
+    if jax.process_count() > 1:
+        yield multihost_utils.reached_preemption_sync_point
+        return
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda step: received.is_set()
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
+    try:
+        yield lambda step: received.is_set()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def explain_peer_failures(checkpoint_directory: str) -> Iterator[None]:
+    """Turns a failed cross-process operation into an error that says what to do.
+
+    When a process dies, the others fail in their next collective (gloo: "Connection closed by
+    peer") or, at the latest, when JAX's heartbeat timeout declares it dead.
+    """
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() == 1:
+            raise
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RuntimeError(
+            f"process {jax.process_index()}: an operation across processes failed, so another process failed or "
+            f"was killed ({first_line}). Restart every process with the same command; the run resumes from the "
+            f"last complete checkpoint in {checkpoint_directory}."
+        ) from error
