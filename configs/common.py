@@ -46,6 +46,9 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     config.ema_decay = 0.9999  # min(decay, (1 + t) / (10 + t)) over params and BN statistics
     # Devices per BatchNorm group; 0 = statistics over the global batch.
     config.bn_group_size = 0
+    # Devices that share one copy of the parameters, optimizer state and EMA (the mesh's fsdp axis):
+    # 1 replicates them on every device; 8 shards each large array 8 ways (for the largest variants).
+    config.fsdp_size = 1
 
     config.data = ml_collections.ConfigDict()
     config.data.num_workers = 8

@@ -53,11 +53,23 @@ def checkpoint_steps(workdir):
     return sorted(int(name) for name in os.listdir(pathlib.Path(workdir) / "checkpoints") if name.isdigit())
 
 
-def checkpointed_state(workdir, step):
-    """The checkpointed train state as host arrays, whatever device count wrote it."""
-    manager = ocp.CheckpointManager(
+def _state_checkpoints(workdir):
+    return ocp.CheckpointManager(
         os.path.join(workdir, "checkpoints"), item_handlers={"state": ocp.StandardCheckpointHandler()}
     )
+
+
+def checkpoint_metadata(workdir, step):
+    """The array metadata (shape, dtype, sharding) of the checkpointed train state."""
+    manager = _state_checkpoints(workdir)
+    metadata = manager.item_metadata(step).state
+    manager.close()
+    return metadata
+
+
+def checkpointed_state(workdir, step):
+    """The checkpointed train state as host arrays, whatever device count wrote it."""
+    manager = _state_checkpoints(workdir)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(
         lambda meta: jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=device), manager.item_metadata(step).state

@@ -15,7 +15,7 @@ import pytest
 from configs import quickstart
 from effnetx_jax.train import NonFiniteLossError, format_metrics, train_and_evaluate
 
-from conftest import checkpoint_steps, checkpointed_state, read_jsonl
+from conftest import checkpoint_metadata, checkpoint_steps, checkpointed_state, read_jsonl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -164,8 +164,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
 EIGHT_DEVICES = """
 import json, sys
 import jax
-from conftest import checkpoint_steps, checkpointed_state, read_jsonl
-
 from configs import quickstart
 from effnetx_jax.train import train_and_evaluate
 config = quickstart.get_config()
@@ -173,16 +171,25 @@ config.data_dir = sys.argv[1]
 config.model.update(width=0.25, depth=0.25, head_filters=64)
 config.update(total_epochs=0.0, total_steps=2, log_every_steps=1, eval_every_epochs=0.0,
               checkpoint_every_epochs=0.0, checkpoint_every_steps=2)
-config.batch_size, config.bn_group_size = int(sys.argv[3]), int(sys.argv[4])
+config.batch_size, config.bn_group_size, config.fsdp_size = map(int, sys.argv[3:6])
 metrics = train_and_evaluate(config, sys.argv[2])
 print(json.dumps({"devices": jax.device_count(), **metrics}))
 """
 
 
-def _run_on_devices(count, data_dir, workdir, batch_size=16, bn_group_size=0):
+def _run_on_devices(count, data_dir, workdir, batch_size=16, bn_group_size=0, fsdp_size=1):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
-        [sys.executable, "-c", EIGHT_DEVICES, str(data_dir), str(workdir), str(batch_size), str(bn_group_size)],
+        [
+            sys.executable,
+            "-c",
+            EIGHT_DEVICES,
+            str(data_dir),
+            str(workdir),
+            str(batch_size),
+            str(bn_group_size),
+            str(fsdp_size),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -211,6 +218,26 @@ def test_eight_fake_devices_train_like_one_device(data_dir, tmp_path):
     for a, b in zip(jax.tree.leaves(one_state["params"]), jax.tree.leaves(eight_state["params"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     assert eight_metrics["train/loss"] == pytest.approx(one_metrics["train/loss"], rel=1e-5)
+
+
+def test_fsdp_shards_the_state_and_trains_like_replicated(data_dir, tmp_path):
+    replicated = _run_on_devices(8, data_dir, tmp_path / "replicated")
+    fsdp = _run_on_devices(8, data_dir, tmp_path / "fsdp", fsdp_size=4)
+    assert replicated.returncode == 0 and fsdp.returncode == 0, (replicated.stderr + fsdp.stderr)[-3000:]
+    replicated_metrics, fsdp_metrics = (json.loads(run.stdout.splitlines()[-1]) for run in (replicated, fsdp))
+    for key in ("train/loss", "eval/loss", "eval/ema_loss"):
+        assert fsdp_metrics[key] == pytest.approx(replicated_metrics[key], rel=1e-5), key
+    replicated_state, fsdp_state = (checkpointed_state(tmp_path / name, 2) for name in ("replicated", "fsdp"))
+    for a, b in zip(jax.tree.leaves(replicated_state), jax.tree.leaves(fsdp_state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The checkpoint records how each array was laid out: the large ones over the fsdp axis.
+    layouts = {
+        name: [tuple(leaf.sharding.partition_spec) for leaf in jax.tree.leaves(checkpoint_metadata(tmp_path / name, 2))]
+        for name in ("replicated", "fsdp")
+    }
+    assert not any("fsdp" in spec for spec in layouts["replicated"])
+    sharded = sum("fsdp" in spec for spec in layouts["fsdp"])
+    assert 0 < sharded < len(layouts["fsdp"])
 
 
 def test_grouped_batch_norm_depends_on_the_images_per_group_not_the_devices(data_dir, tmp_path):

@@ -10,11 +10,10 @@ import jax
 import numpy as np
 from absl import logging
 from clu import parameter_overview, periodic_actions
-from jax.sharding import NamedSharding, PartitionSpec
 
 from effnetx_jax import data
 from effnetx_jax.models import create_model
-from effnetx_jax.train import multihost, optim
+from effnetx_jax.train import multihost, optim, sharding
 from effnetx_jax.train.checkpoints import Checkpoints
 from effnetx_jax.train.plan import bn_groups, check_config, make_plan
 from effnetx_jax.train.reporting import MetricsLog, write_config
@@ -69,11 +68,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     write_config(workdir, config)
 
-    # Auto axes: XLA propagates the batch sharding through the model (flax layers are not written
-    # for explicit sharding types).
-    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
+    mesh = sharding.make_mesh(config.fsdp_size)
+    batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     model = create_model(config.model, bn_groups=bn_groups(config))
     tx, schedule = optim.create_optimizer(config, plan.steps_per_epoch, plan.total_steps)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))

@@ -82,6 +82,9 @@ def check_config(config, num_classes: int) -> None:
             "model.num_classes",
             f"is {config.model.num_classes} but dataset {config.dataset!r} has {num_classes} classes",
         )
+    fsdp = config.fsdp_size
+    if not isinstance(fsdp, int) or fsdp < 1 or devices % fsdp:
+        _fail("fsdp_size", f"fsdp_size={fsdp!r} must be a positive divisor of the {devices} devices (1: replicated)")
     group = config.bn_group_size
     if not isinstance(group, int) or group < 0 or (group and devices % group):
         _fail(

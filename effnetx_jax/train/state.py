@@ -8,7 +8,9 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+
+from effnetx_jax.train.sharding import state_shardings
 
 
 @flax.struct.dataclass
@@ -40,7 +42,5 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array, 
             nonfinite_step=jnp.full((), -1, jnp.int32),
         )
 
-    abstract = jax.eval_shape(init, rng)
-    # Replicated for now: an fsdp axis for the largest variants shards params and optimizer state.
-    shardings = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), abstract)
+    shardings = state_shardings(jax.eval_shape(init, rng), mesh)
     return jax.jit(init, out_shardings=shardings)(rng), shardings
