@@ -149,6 +149,24 @@ def test_a_killed_process_stops_the_run_and_both_resume(data_dir, tmp_path):
     assert checkpoint_steps(workdir)[-1] == resumed_from + 2
 
 
+def test_sigterm_to_every_process_saves_one_checkpoint_at_a_common_step(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    with _two_processes(workdir, data_dir, "--config.total_steps=500", "--config.checkpoint_every_steps=100") as pair:
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        while not (workdir / "metrics.jsonl").exists() or len(read_jsonl(workdir)) < 3:
+            assert pair[0].poll() is None and time.monotonic() < deadline, pair[0].communicate()[1][-3000:]
+            time.sleep(0.2)
+        for process in pair:
+            process.send_signal(signal.SIGTERM)
+        results = _finish(pair)
+    for returncode, stdout, stderr in results:
+        assert returncode == 0, stderr[-3000:]
+        assert "preempted=1" in stdout.splitlines()[-1]
+    # JAX's preemption sync manager picked one step for both processes, and the checkpoint holds it.
+    (step,) = checkpoint_steps(workdir)
+    assert all(stdout.splitlines()[-1].startswith(f"step {step}:") for _, stdout, _ in results)
+
+
 def test_processes_with_different_configs_fail_clearly(data_dir, tmp_path):
     port = _free_port()
     processes = [
