@@ -90,7 +90,7 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tfds")
 
 
-def test_two_processes_train_like_one_process_with_two_devices(data_dir, tmp_path):
+def test_two_processes_train_like_one_process_and_resume_in_one(data_dir, tmp_path):
     steps = ("--config.total_steps=4", "--config.eval_every_steps=4")
     single = subprocess.Popen(
         _command(tmp_path / "single", data_dir, *steps),
@@ -121,6 +121,24 @@ def test_two_processes_train_like_one_process_with_two_devices(data_dir, tmp_pat
     final_lines = [stdout.splitlines()[-1] for _, stdout, _ in results]
     assert [line.split(" train/")[0] for line in final_lines] == [final_lines[0].split(" train/")[0]] * 2
     assert len(pair_log) == 5
+
+    # Both runs continue to step 6 in one process: the two-process checkpoint restores there with the
+    # input position recomputed from the step, and the runs stay equal.
+    for name in ("single", "pair"):
+        resumed = subprocess.run(
+            _command(tmp_path / name, data_dir, "--config.total_steps=6", "--config.eval_every_steps=6"),
+            cwd=REPO,
+            env=_environment(2),
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT_S,
+            check=False,
+        )
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "input position is recomputed from the step" in resumed.stderr
+    single_state, pair_state = checkpointed_state(tmp_path / "single", 6), checkpointed_state(tmp_path / "pair", 6)
+    for a, b in zip(jax.tree.leaves(single_state["params"]), jax.tree.leaves(pair_state["params"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_a_killed_process_stops_the_run_and_both_resume(data_dir, tmp_path):
