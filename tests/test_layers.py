@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +95,27 @@ def test_initialisers_follow_the_reference():
     limit = 1 / 1000**0.5
     assert float(dense.max()) <= limit and float(dense.min()) >= -limit
     assert float(dense.max()) > 0.99 * limit
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_pointwise_conv_matches_a_1x1_nn_conv_in_params_values_and_gradients(use_bias):
+    x = jax.random.normal(jax.random.key(3), (2, 5, 6, 8))
+    pointwise = layers.conv(12, 1, dtype=jnp.float32, use_bias=use_bias)
+    assert isinstance(pointwise, layers.PointwiseConv)
+    reference = nn.Conv(12, (1, 1), use_bias=use_bias, kernel_init=layers.conv_kernel_init)
+    params = pointwise.init(jax.random.key(4), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference.init(jax.random.key(4), x))
+    # Same initialiser too: the same key gives the same kernel.
+    np.testing.assert_array_equal(params["params"]["kernel"], reference.init(jax.random.key(4), x)["params"]["kernel"])
+    if use_bias:
+        params = jax.tree.map(lambda p: p + 0.5, params)
+    weights = jax.random.normal(jax.random.key(5), (2, 5, 6, 12))
+
+    def loss(module):
+        return lambda params, x: jnp.sum(module.apply(params, x) * weights)
+
+    value, grads = jax.jit(jax.value_and_grad(loss(pointwise), argnums=(0, 1)))(params, x)
+    ref_value, ref_grads = jax.jit(jax.value_and_grad(loss(reference), argnums=(0, 1)))(params, x)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
