@@ -9,11 +9,13 @@ from effnetx_jax.models import layers
 
 
 @pytest.mark.parametrize(
-    ("size", "kernel", "stride"), [(9, 3, 1), (9, 3, 2), (8, 2, 1), (8, 5, 2), (7, 5, 1), (6, 2, 2)]
+    ("size", "kernel", "stride", "batch"),
+    # Batch 20: the kernel gradient sums it in 4 slices of 5 images.
+    [(9, 3, 1, 2), (9, 3, 2, 2), (8, 2, 1, 2), (8, 5, 2, 2), (7, 5, 1, 2), (6, 2, 2, 2), (9, 3, 2, 20)],
 )
-def test_depthwise_implementations_agree_in_values_and_gradients(size, kernel, stride):
+def test_depthwise_implementations_agree_in_values_and_gradients(size, kernel, stride, batch):
     key_x, key_k, key_g = jax.random.split(jax.random.key(size * kernel + stride), 3)
-    x = jax.random.normal(key_x, (2, size, size + 1, 6))
+    x = jax.random.normal(key_x, (batch, size, size + 1, 6))
     w = jax.random.normal(key_k, (kernel, kernel, 1, 6))
 
     def loss(impl):
