@@ -9,11 +9,13 @@ from effnetx_jax.models import layers
 
 
 @pytest.mark.parametrize(
-    ("size", "kernel", "stride"), [(9, 3, 1), (9, 3, 2), (8, 2, 1), (8, 5, 2), (7, 5, 1), (6, 2, 2)]
+    ("size", "kernel", "stride", "batch"),
+    # Batch 20: the kernel gradient sums it in 4 slices of 5 images.
+    [(9, 3, 1, 2), (9, 3, 2, 2), (8, 2, 1, 2), (8, 5, 2, 2), (7, 5, 1, 2), (6, 2, 2, 2), (9, 3, 2, 20)],
 )
-def test_depthwise_implementations_agree_in_values_and_gradients(size, kernel, stride):
+def test_depthwise_implementations_agree_in_values_and_gradients(size, kernel, stride, batch):
     key_x, key_k, key_g = jax.random.split(jax.random.key(size * kernel + stride), 3)
-    x = jax.random.normal(key_x, (2, size, size + 1, 6))
+    x = jax.random.normal(key_x, (batch, size, size + 1, 6))
     w = jax.random.normal(key_k, (kernel, kernel, 1, 6))
 
     def loss(impl):
@@ -129,3 +131,27 @@ def test_grouped_batch_norm_normalises_each_slice_by_its_own_statistics():
     for name in ("mean", "var"):
         expected = np.mean([slice_stats[name] for _, slice_stats, _ in per_slice], axis=0)
         np.testing.assert_allclose(stats[name], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_pointwise_conv_matches_a_1x1_nn_conv_in_params_values_and_gradients(use_bias):
+    x = jax.random.normal(jax.random.key(3), (2, 5, 6, 8))
+    pointwise = layers.conv(12, 1, dtype=jnp.float32, use_bias=use_bias)
+    assert isinstance(pointwise, layers.PointwiseConv)
+    reference = nn.Conv(12, (1, 1), use_bias=use_bias, kernel_init=layers.conv_kernel_init)
+    params = pointwise.init(jax.random.key(4), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference.init(jax.random.key(4), x))
+    # Same initialiser too: the same key gives the same kernel.
+    np.testing.assert_array_equal(params["params"]["kernel"], reference.init(jax.random.key(4), x)["params"]["kernel"])
+    if use_bias:
+        params = jax.tree.map(lambda p: p + 0.5, params)
+    weights = jax.random.normal(jax.random.key(5), (2, 5, 6, 12))
+
+    def loss(module):
+        return lambda params, x: jnp.sum(module.apply(params, x) * weights)
+
+    value, grads = jax.jit(jax.value_and_grad(loss(pointwise), argnums=(0, 1)))(params, x)
+    ref_value, ref_grads = jax.jit(jax.value_and_grad(loss(reference), argnums=(0, 1)))(params, x)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

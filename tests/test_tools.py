@@ -87,14 +87,24 @@ def test_bench_train_step_updates_parameters_and_batch_statistics():
         assert all(jax.tree.leaves(changed)), collection
 
 
-def test_gated_projection_equals_a_conv_of_the_gated_tensor():
+# 8 outputs < 5*5 pixels: the weights are gated; 32 outputs: the activations are.
+@pytest.mark.parametrize("features", [8, 32])
+def test_gated_projection_equals_a_conv_of_the_gated_tensor(features):
     x = jax.random.normal(jax.random.key(0), (3, 5, 5, 16))
     gate = jax.nn.sigmoid(jax.random.normal(jax.random.key(1), (3, 1, 1, 16)))
-    module = GatedProjection(8, jnp.float32)
+    module = GatedProjection(features, jnp.float32)
     params = module.init(jax.random.key(2), x, gate)
-    kernel = params["params"]["kernel"]
-    expected = jax.lax.conv_general_dilated(
-        x * gate, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    np.testing.assert_allclose(module.apply(params, x, gate), expected, rtol=1e-5, atol=1e-5)
-    assert kernel.shape == (1, 1, 16, 8)
+    assert params["params"]["kernel"].shape == (1, 1, 16, features)
+    weights = jax.random.normal(jax.random.key(3), (3, 5, 5, features))
+
+    def conv_of_gated(params, x, gate):
+        kernel = params["params"]["kernel"]
+        return jax.lax.conv_general_dilated(
+            x * gate, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    np.testing.assert_allclose(module.apply(params, x, gate), conv_of_gated(params, x, gate), rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda *args: jnp.sum(module.apply(*args) * weights), argnums=(0, 1, 2))(params, x, gate)
+    expected_grads = jax.grad(lambda *args: jnp.sum(conv_of_gated(*args) * weights), argnums=(0, 1, 2))(params, x, gate)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -55,58 +55,95 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], im
     return _shifted_depthwise(x, kernel, tuple(strides))
 
 
-def _taps(padded: jax.Array, kh: int, kw: int, strides, out_h: int, out_w: int):
-    """Yields (i, j, window): the strided window of `padded` that kernel tap (i, j) multiplies."""
-    n, _, _, c = padded.shape
-    for i in range(kh):
-        for j in range(kw):
-            end = (n, i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1, c)
-            yield i, j, lax.slice(padded, (0, i, j, 0), end, (1, strides[0], strides[1], 1))
+def _phases(x: jax.Array, kh: int, kw: int, strides) -> jax.Array:
+    """The TF-SAME-padded `x` split by stride phase: [N, Hp/s0, s0, Wp/s1, s1, C], where phase (a, b)
+    ([:, :, a, :, b]) holds padded pixels (h*s0 + a, w*s1 + b). Every tap then reads a unit-stride window of one phase;
+    strided slices were 5-7x slower on CPU. With stride 1 this is the padded `x`, reshaped."""
+    (s0, s1), (_, h, w, _) = strides, x.shape
+    (top, bottom), (left, right) = same_padding(h, kh, s0), same_padding(w, kw, s1)
+    # Extra zeros at the end make the padded size a multiple of the stride; no tap reads them.
+    bottom += -(h + top + bottom) % s0
+    right += -(w + left + right) % s1
+    padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    n, hp, wp, c = padded.shape
+    return padded.reshape(n, hp // s0, s0, wp // s1, s1, c)
 
 
-def _sum_of_taps(padded: jax.Array, kernel: jax.Array, strides, out_h: int, out_w: int) -> jax.Array:
+def _window(phases: jax.Array, i: int, j: int, out_h: int, out_w: int) -> jax.Array:
+    """The [N, out_h, out_w, C] window of the padded input that kernel tap (i, j) multiplies."""
+    s0, s1 = phases.shape[2], phases.shape[4]
+    return phases[:, i // s0 : i // s0 + out_h, i % s0, j // s1 : j // s1 + out_w, j % s1]
+
+
+def _sum_of_taps(phases: jax.Array, kernel: jax.Array, out_h: int, out_w: int) -> jax.Array:
     kh, kw = kernel.shape[:2]
-    terms = (window * kernel[i, j, 0] for i, j, window in _taps(padded, kh, kw, strides, out_h, out_w))
+    terms = (_window(phases, i, j, out_h, out_w) * kernel[i, j, 0] for i in range(kh) for j in range(kw))
     return functools.reduce(jnp.add, terms)
-
-
-def _pad_same(x: jax.Array, kh: int, kw: int, strides) -> jax.Array:
-    pads = (same_padding(x.shape[1], kh, strides[0]), same_padding(x.shape[2], kw, strides[1]))
-    return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _shifted_depthwise(x, kernel, strides):
     kh, kw = kernel.shape[:2]
     out_h, out_w = math.ceil(x.shape[1] / strides[0]), math.ceil(x.shape[2] / strides[1])
-    return _sum_of_taps(_pad_same(x, kh, kw, strides), kernel, strides, out_h, out_w)
+    return _sum_of_taps(_phases(x, kh, kw, strides), kernel, out_h, out_w)
 
 
 def _shifted_depthwise_fwd(x, kernel, strides):
     return _shifted_depthwise(x, kernel, strides), (x, kernel)
 
 
+def _phase_grads(grad_out: jax.Array, kernel: jax.Array, phase_shape) -> jax.Array:
+    """Gradient of each phase: phase (a, b) feeds output (y, x) through taps (a + p*s0, b + q*s1) at
+    (y + p, x + q), so its gradient is a stride-1 correlation of the output gradient with those taps."""
+    kh, kw = kernel.shape[:2]
+    _, ph, s0, pw, s1, _ = phase_shape
+    taps_h, taps_w = -(-kh // s0), -(-kw // s1)
+    out_h, out_w = grad_out.shape[1:3]
+    padded = jnp.pad(grad_out, ((0, 0), (taps_h - 1, ph - out_h), (taps_w - 1, pw - out_w), (0, 0)))
+    rows = []
+    for a in range(s0):
+        row = []
+        for b in range(s1):
+            terms = (
+                padded[:, taps_h - 1 - p : taps_h - 1 - p + ph, taps_w - 1 - q : taps_w - 1 - q + pw] * kernel[i, j, 0]
+                for p, i in enumerate(range(a, kh, s0))
+                for q, j in enumerate(range(b, kw, s1))
+            )
+            row.append(functools.reduce(jnp.add, terms, jnp.zeros_like(padded[:, :ph, :pw])))
+        rows.append(jnp.stack(row, axis=3))
+    return jnp.stack(rows, axis=2)
+
+
+def _kernel_grad(phases: jax.Array, grad_out: jax.Array, kh: int, kw: int) -> jax.Array:
+    """Each tap's window times the output gradient, summed. The batch is first summed as a chain of
+    adds over (at most 16) slices of it, one parallel elementwise pass per tap, and only then the
+    rest in one reduction: XLA:CPU's reductions of a tap to a [C] vector ran 5-20x slower."""
+    n, out_h, out_w, c = grad_out.shape
+    parts = math.gcd(n, 16)
+
+    def split(a):
+        return a.reshape(parts, n // parts, out_h, out_w, c)
+
+    grad_parts = split(grad_out)
+    per_tap = []
+    for i in range(kh):
+        for j in range(kw):
+            window = split(_window(phases, i, j, out_h, out_w))
+            per_tap.append(functools.reduce(jnp.add, (window[p] * grad_parts[p] for p in range(parts))))
+    return jnp.sum(jnp.stack(per_tap), axis=(1, 2, 3)).reshape(kh, kw, 1, c)
+
+
 def _shifted_depthwise_bwd(strides, residuals, grad_out):
-    """Gradients as shifted slices too. XLA's own transpose of each slice is a full-size pad, summed
-    over the k*k taps, which made the backward pass about 4x the forward on CPU."""
+    """Gradients as shifted slices of the phases too. XLA's own transpose of each slice is a
+    full-size pad, summed over the k*k taps, which made the backward pass about 4x the forward."""
     x, kernel = residuals
     kh, kw = kernel.shape[:2]
-    out_h, out_w = grad_out.shape[1:3]
-    # Input gradient: a stride-1 correlation of the output gradient, zero-dilated by the stride and
-    # padded so that it lines up with the input, with the kernel flipped.
-    spatial = []
-    for axis, k, stride, out in ((1, kh, strides[0], out_h), (2, kw, strides[1], out_w)):
-        low = k - 1 - same_padding(x.shape[axis], k, stride)[0]
-        spatial.append((low, x.shape[axis] + k - 1 - low - ((out - 1) * stride + 1), stride - 1))
-    dilated = lax.pad(grad_out, jnp.zeros((), grad_out.dtype), [(0, 0, 0), *spatial, (0, 0, 0)])
-    grad_x = _sum_of_taps(dilated, kernel[::-1, ::-1], (1, 1), x.shape[1], x.shape[2])
-    # Kernel gradient: each tap's window of the padded input times the output gradient, summed.
-    padded = _pad_same(x, kh, kw, strides)
-    grad_taps = [
-        jnp.sum(window * grad_out, axis=(0, 1, 2)) for _, _, window in _taps(padded, kh, kw, strides, out_h, out_w)
-    ]
-    grad_kernel = jnp.stack(grad_taps).reshape(kh, kw, 1, -1).astype(kernel.dtype)
-    return grad_x, grad_kernel
+    phases = _phases(x, kh, kw, strides)
+    n, ph, s0, pw, s1, c = phases.shape
+    grad_padded = _phase_grads(grad_out, kernel, phases.shape).reshape(n, ph * s0, pw * s1, c)
+    top, left = same_padding(x.shape[1], kh, s0)[0], same_padding(x.shape[2], kw, s1)[0]
+    grad_x = grad_padded[:, top : top + x.shape[1], left : left + x.shape[2]]
+    return grad_x, _kernel_grad(phases, grad_out, kh, kw).astype(kernel.dtype)
 
 
 _shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
@@ -126,8 +163,35 @@ class DepthwiseConv(nn.Module):
         return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.impl)
 
 
-def conv(features: int, kernel_size: int, strides=(1, 1), *, dtype, use_bias=False, name=None) -> nn.Conv:
-    """A TF-style conv: SAME padding (odd pixel at the end, as `flax.linen.Conv`), float32 params."""
+class PointwiseConv(nn.Module):
+    """A 1x1 stride-1 conv as a matmul over the channel axis of the [N*H*W, C] pixels.
+
+    Same params (`kernel` [1, 1, in, out], optional `bias`) and initialisers as `nn.Conv`, so
+    checkpoints do not depend on it. Its gradients are matmuls too, where XLA:CPU's conv transposes
+    of a 1x1 conv cost about 4x the forward.
+    """
+
+    features: int
+    use_bias: bool
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", conv_kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
+        # The 2-D matmul: a dot over [N, H, W, C] is a batched one and 2-6x slower to differentiate.
+        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel[0, 0].astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype)
+        return y.reshape(*x.shape[:-1], self.features)
+
+
+def conv(features: int, kernel_size: int, strides=(1, 1), *, dtype, use_bias=False, name=None) -> nn.Module:
+    """A TF-style conv: SAME padding (odd pixel at the end, as `flax.linen.Conv`), float32 params.
+
+    1x1 stride-1 convs are `PointwiseConv` matmuls, with the same params as the `nn.Conv` otherwise used.
+    """
+    if kernel_size == 1 and tuple(strides) == (1, 1):
+        return PointwiseConv(features, use_bias, dtype, name=name)
     return nn.Conv(
         features,
         (kernel_size, kernel_size),
