@@ -231,27 +231,27 @@ class BatchNorm(nn.Module):
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         if self.use_running_average:
             return self._normalize(x, running_mean.value, running_var.value, scale, bias)
-        # [groups, batch / groups, ..., C]: statistics per group, broadcast back over its slice.
-        grouped = x.reshape(self.groups, -1, *x.shape[1:])
-        mean, var = self._batch_statistics(grouped)
+        # Grouped: [groups, batch / groups, ..., C], statistics per group. Ungrouped arrays are not
+        # reshaped: XLA:CPU runs the 5-D broadcasts noticeably slower (B0 train step +25%).
+        grouped = x.reshape(self.groups, -1, *x.shape[1:]) if self.groups > 1 else x
+        reduced = tuple(range(1 if self.groups > 1 else 0, grouped.ndim - 1))
+        mean, var = self._batch_statistics(grouped, reduced)
         if not self.is_initializing():
-            running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean.mean(0)
-            running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var.mean(0)
-        per_group = (self.groups,) + (1,) * (x.ndim - 1) + (features,)
-        y = self._normalize(grouped, mean.reshape(per_group), var.reshape(per_group), scale, bias)
-        return y.reshape(x.shape)
+            new_mean, new_var = mean.reshape(-1, features).mean(0), var.reshape(-1, features).mean(0)
+            running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * new_mean
+            running_var.value = self.momentum * running_var.value + (1 - self.momentum) * new_var
+        return self._normalize(grouped, mean, var, scale, bias).reshape(x.shape)
 
     def _normalize(self, x, mean, var, scale, bias):
         # The operation order of flax's `_normalize`, in float32 (mean is float32), cast at the end.
         return ((x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias).astype(self.dtype)
 
     @staticmethod
-    def _batch_statistics(grouped: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Per-group mean and variance [groups, C], reduced in float32 whatever the compute dtype."""
-        values = grouped.astype(jnp.promote_types(grouped.dtype, jnp.float32))
-        axes = tuple(range(1, values.ndim - 1))
-        mean = values.mean(axes)
-        var = jnp.maximum(0.0, jnp.square(values).mean(axes) - jnp.square(mean))
+    def _batch_statistics(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+        """Mean and variance over `axes` (kept as size-1 dims), in float32 whatever the compute dtype."""
+        values = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        mean = values.mean(axes, keepdims=True)
+        var = jnp.maximum(0.0, jnp.square(values).mean(axes, keepdims=True) - jnp.square(mean))
         return mean, var
 
 
