@@ -1,7 +1,8 @@
-"""`python -m effnetx_jax.summary NAME`: stage table, parameter count and MACs of a model.
+"""`python -m effnetx_jax.summary NAME`: stage table, parameters, MACs and operational intensity.
 
-Shapes and parameters come from `jax.eval_shape` (nothing is allocated, so B7 takes seconds); MACs
-from the analytic count in `effnetx_jax.models.costs`.
+Shapes and parameters come from `jax.eval_shape` (nothing is allocated, so B7 takes seconds); MACs,
+bytes moved and FLOPs per byte from the analytic counts in `effnetx_jax.models.costs` (its docstring
+gives the counting rules), at `--batch` images and the `--dtype` element size.
 """
 
 from __future__ import annotations
@@ -46,10 +47,24 @@ def block_output_shapes(model, variables, resolution: int) -> dict[str, tuple[in
     return shapes
 
 
-def summarize(cfg, resolution: int | None = None) -> dict:
-    """Machine-readable summary of a model config: params, MACs and one entry per block."""
+def _traffic(layers, batch: int, dtype_bytes: int) -> dict:
+    return {
+        "flops": 2 * batch * sum(layer.macs for layer in layers),
+        "bytes": cost_model.bytes_moved(layers, batch, dtype_bytes),
+        "intensity": round(cost_model.intensity(layers, batch, dtype_bytes), 2),
+    }
+
+
+def summarize(cfg, resolution: int | None = None, batch: int = 1, dtype: str | None = None) -> dict:
+    """Machine-readable summary of a model config: params, MACs, traffic and one entry per block.
+
+    `flops`, `bytes` and `intensity` are for a batch of `batch` at the element size of `dtype`
+    (default: the config's compute dtype).
+    """
     arch = architecture(cfg)
     resolution = resolution or arch.resolution
+    dtype = dtype or cfg.dtype
+    dtype_bytes = jnp.dtype(dtype).itemsize
     model = create_model(cfg)
     variables = abstract_variables(model, resolution)
     params = variables["params"]
@@ -77,6 +92,7 @@ def summarize(cfg, resolution: int | None = None) -> dict:
                 "output_shape": list(out_shapes[name][1:]),
                 "params": _count(params[name]),
                 "macs": cost.macs,
+                **_traffic(cost.layers, batch, dtype_bytes),
             }
         )
     return {
@@ -84,6 +100,9 @@ def summarize(cfg, resolution: int | None = None) -> dict:
         "resolution": resolution,
         "params": _count(params),
         "macs": cost_model.total_macs(arch, resolution),
+        "batch": batch,
+        "dtype": str(jnp.dtype(dtype)),
+        **_traffic(cost_model.all_layers(arch, resolution), batch, dtype_bytes),
         "stem": {"channels": arch.stem_filters, "macs": cost_model.stem_macs(arch, resolution)},
         "head": {"channels": arch.head_filters, "macs": cost_model.head_macs(arch, resolution)},
         "num_classes": arch.num_classes,
@@ -108,12 +127,15 @@ _COLUMNS = (
     ("output", "output_shape", 14),
     ("params", "params", 10),
     ("MACs", "macs", 13),
+    ("MBytes", "bytes", 8),
+    ("FLOP/B", "intensity", 7),
 )
 
 
 def format_table(summary: dict) -> str:
     header = " ".join(f"{title:>{width}}" for title, _, width in _COLUMNS)
-    lines = [f"{summary['name']} @ {summary['resolution']}px", header, "-" * len(header)]
+    title = f"{summary['name']} @ {summary['resolution']}px, traffic at batch {summary['batch']} in {summary['dtype']}"
+    lines = [title, header, "-" * len(header)]
     for block in summary["blocks"]:
         cells = []
         for _, key, width in _COLUMNS:
@@ -122,6 +144,8 @@ def format_table(summary: dict) -> str:
                 value = "x".join(map(str, value))
             elif key in ("params", "macs"):
                 value = f"{value:,}"
+            elif key == "bytes":
+                value = f"{value / 1e6:.2f}"
             elif key == "skip":
                 value = "yes" if value else "-"
             cells.append(f"{value!s:>{width}}")
@@ -132,7 +156,8 @@ def format_table(summary: dict) -> str:
     )
     lines.append(
         f"params {summary['params']:,} ({summary['params'] / 1e6:.2f}M)   "
-        f"MACs {summary['macs']:,} ({summary['macs'] / 1e9:.3f}B)"
+        f"MACs {summary['macs']:,} ({summary['macs'] / 1e9:.3f}B)   "
+        f"bytes moved {summary['bytes'] / 1e6:.1f} MB   {summary['intensity']} FLOP/B"
     )
     return "\n".join(lines)
 
@@ -143,6 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--all", action="store_true", help="every registered variant")
     parser.add_argument("--config", help="a config file (path.py or path.py:arg) with a model section")
     parser.add_argument("--resolution", type=int, help="input size (default: the model's own)")
+    parser.add_argument("--batch", type=int, default=1, help="batch for bytes moved and FLOP/B (default 1)")
+    parser.add_argument("--dtype", help="element size for bytes moved (default: the model's compute dtype)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of tables")
     args = parser.parse_args(argv)
     if sum(map(bool, (args.name, args.all, args.config))) != 1:
@@ -153,7 +180,9 @@ def main(argv=None) -> int:
         configs = [config_files.model_section(config_files.load_config(args.config))]
     else:
         configs = [model_config(args.name)]
-    summaries = [summarize(cfg, args.resolution) for cfg in configs]
+    if args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
+    summaries = [summarize(cfg, args.resolution, args.batch, args.dtype) for cfg in configs]
     if args.json:
         json.dump(summaries, sys.stdout, indent=1)
         print()

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from effnetx_jax.models import architecture, create_model, model_config
+from effnetx_jax.models import architecture, costs, create_model, model_config
 from effnetx_jax.models.costs import total_macs
 from effnetx_jax.summary import abstract_variables
 
@@ -80,3 +80,30 @@ def test_whole_model_cost_analysis_differs_only_by_padding_and_elementwise_work(
     images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
     flops = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images).cost_analysis()["flops"]
     assert flops / 2 == pytest.approx(total_macs(architecture(cfg)), rel=0.03)
+
+
+def test_bytes_moved_of_a_block_by_hand():
+    # EfficientNet-B0 block 0 at 112x112: depthwise 3x3 on 32 channels, SE 32 -> 8 -> 32, project to 16.
+    arch = architecture(model_config("efficientnet-b0"))
+    block = costs.block_costs(arch)[0]
+    pixels = 112 * 112
+    depthwise = (2 * pixels * 32, 9 * 32)
+    se = (pixels * 32, 2 * 32 * 8 + 32 + 8)
+    project = (pixels * 32 + pixels * 16, 32 * 16)
+    activations = sum(layer[0] for layer in (depthwise, se, project))
+    weights = sum(layer[1] for layer in (depthwise, se, project))
+    assert [layer.name for layer in block.layers] == ["depthwise", "se", "project"]
+    assert costs.bytes_moved(block.layers, batch=1, dtype_bytes=4) == 4 * (activations + weights)
+    assert costs.bytes_moved(block.layers, batch=8, dtype_bytes=2) == 2 * (8 * activations + weights)
+    flops = 2 * 8 * block.macs
+    assert costs.intensity(block.layers, batch=8, dtype_bytes=2) == pytest.approx(
+        flops / (2 * (8 * activations + weights))
+    )
+
+
+def test_intensity_grows_with_batch_and_halves_with_twice_the_element_size():
+    layers = costs.all_layers(architecture(model_config("efficientnet-x-b0")))
+    at_1, at_128 = costs.intensity(layers, 1, 2), costs.intensity(layers, 128, 2)
+    assert at_128 > at_1  # weights are read once per batch
+    assert costs.intensity(layers, 128, 4) == pytest.approx(at_128 / 2)
+    assert sum(layer.macs for layer in layers) == total_macs(architecture(model_config("efficientnet-x-b0")))

@@ -36,6 +36,20 @@ def test_summary_json_for_a_registered_model():
     assert len(entry["blocks"]) == 16
     assert entry["blocks"][0]["type"] == "mbconv+s2d" and entry["blocks"][0]["output_shape"] == [56, 56, 64]
     assert sum(block["params"] for block in entry["blocks"]) < entry["params"]
+    # Traffic at batch 1 in the model's float32: blocks plus stem and head make the whole model.
+    assert (entry["batch"], entry["dtype"]) == (1, "float32")
+    assert sum(block["bytes"] for block in entry["blocks"]) < entry["bytes"]
+    assert entry["flops"] == 2 * entry["macs"]
+    assert entry["intensity"] == pytest.approx(entry["flops"] / entry["bytes"], abs=0.01)
+
+
+def test_summary_traffic_follows_batch_and_dtype():
+    (entry,) = json.loads(
+        run_module("effnetx_jax.summary", "efficientnet-b0", "--json", "--batch=64", "--dtype=bfloat16")
+    )
+    (single,) = json.loads(run_module("effnetx_jax.summary", "efficientnet-b0", "--json"))
+    assert (entry["batch"], entry["dtype"], entry["flops"]) == (64, "bfloat16", 64 * single["flops"])
+    assert entry["intensity"] > 2 * single["intensity"]  # half the bytes per element, weights amortised
 
 
 def test_summary_table_for_a_config_file_with_an_argument(tmp_path):

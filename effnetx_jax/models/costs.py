@@ -1,9 +1,16 @@
-"""Analytic cost of an architecture: multiply-accumulates (MACs) per block at batch 1.
+"""Analytic cost of an architecture: multiply-accumulates (MACs) and memory traffic, layer by layer.
 
-Counting rule (the reference's and the EfficientNet paper's): every conv, depthwise conv and dense
-layer contributes output pixels x kernel area x input channels (per group) x output channels. SE's
-two 1x1 convs count (on a 1x1 map); BatchNorm, activations, pooling, the SE gate and residual adds do
+MACs (the reference's and the EfficientNet paper's rule): every conv, depthwise conv and dense layer
+contributes output pixels x kernel area x input channels (per group) x output channels. SE's two
+1x1 convs count (on a 1x1 map); BatchNorm, activations, pooling, the SE gate and residual adds do
 not. Space-to-batch leaves the conv MACs unchanged (same pixels) but runs SE once per sub-image.
+
+Bytes moved (the roofline model's rule, as in the paper's operational-intensity analysis): each
+conv, depthwise conv and dense layer reads its input activation and its weights once and writes its
+output activation once, at the compute dtype; SE reads the map it pools. BatchNorm, activations,
+the SE gate and residual adds are taken as fused into those layers (no traffic of their own).
+Activations scale with the batch, weights are read once per batch. Operational intensity is
+FLOPs (2 x MACs) per byte moved: below the device's FLOPs/bandwidth ridge a layer is memory-bound.
 """
 
 from __future__ import annotations
@@ -15,58 +22,115 @@ from effnetx_jax.models.scaling import Architecture, BlockSpec
 
 
 @dataclasses.dataclass(frozen=True)
+class LayerCost:
+    """One layer at batch 1: MACs, activation elements read and written, weight elements read."""
+
+    name: str
+    macs: int
+    activations: int
+    weights: int
+
+
+@dataclasses.dataclass(frozen=True)
 class BlockCost:
     spec: BlockSpec
     input_size: tuple[int, int]
     output_size: tuple[int, int]
-    macs: int
+    layers: tuple[LayerCost, ...]
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
 
 
-def _conv_macs(size: tuple[int, int], kernel: int, channels_in: int, channels_out: int) -> int:
-    return size[0] * size[1] * kernel * kernel * channels_in * channels_out
+def _pixels(size: tuple[int, int]) -> int:
+    return size[0] * size[1]
 
 
-def block_macs(spec: BlockSpec, input_size: tuple[int, int]) -> int:
+def _conv(name, size_in, size_out, kernel: int, channels_in: int, channels_out: int, groups: int = 1) -> LayerCost:
+    per_group_in = channels_in // groups
+    return LayerCost(
+        name,
+        macs=_pixels(size_out) * kernel * kernel * per_group_in * channels_out,
+        activations=_pixels(size_in) * channels_in + _pixels(size_out) * channels_out,
+        weights=kernel * kernel * per_group_in * channels_out,
+    )
+
+
+def block_layers(spec: BlockSpec, input_size: tuple[int, int]) -> tuple[LayerCost, ...]:
     body = shapes.body_size(spec, *input_size)
     out = shapes.output_size(spec, *input_size)
     expanded = spec.expanded_filters
-    macs = 0
+    layers = []
     if spec.space_to_depth_conv:
-        macs += _conv_macs(body, 2, spec.input_channels, spec.input_filters)
+        layers.append(_conv("space2depth", input_size, body, 2, spec.input_channels, spec.input_filters))
     if spec.conv_type == 1:
         if spec.expand_ratio != 1:
-            macs += _conv_macs(out, 3, spec.body_input_channels, expanded)
+            layers.append(_conv("expand", body, out, 3, spec.body_input_channels, expanded))
     elif spec.fused:
-        macs += _conv_macs(out, spec.kernel_size, spec.body_input_channels, expanded)
+        layers.append(_conv("fused", body, out, spec.kernel_size, spec.body_input_channels, expanded))
     else:
         if spec.expand_ratio != 1:
-            macs += _conv_macs(body, 1, spec.body_input_channels, expanded)
-        macs += _conv_macs(out, spec.kernel_size, 1, expanded)
+            layers.append(_conv("expand", body, body, 1, spec.body_input_channels, expanded))
+        layers.append(_conv("depthwise", body, out, spec.kernel_size, expanded, expanded, groups=expanded))
     if spec.se_filters:
-        macs += 2 * expanded * spec.se_filters * max(1, spec.space_to_batch) ** 2
-    macs += _conv_macs(out, 1, expanded, spec.output_filters)
-    return macs
+        sub_images = max(1, spec.space_to_batch) ** 2
+        se_weights = 2 * expanded * spec.se_filters + expanded + spec.se_filters
+        pooled = _pixels(out) * expanded
+        layers.append(LayerCost("se", 2 * expanded * spec.se_filters * sub_images, pooled, se_weights))
+    layers.append(_conv("project", out, out, 1, expanded, spec.output_filters))
+    return tuple(layers)
+
+
+def block_macs(spec: BlockSpec, input_size: tuple[int, int]) -> int:
+    return sum(layer.macs for layer in block_layers(spec, input_size))
 
 
 def block_costs(arch: Architecture, resolution: int | None = None) -> list[BlockCost]:
     resolution = resolution or arch.resolution
-    costs = []
-    for spec, size in zip(arch.blocks, shapes.block_input_sizes(arch, resolution), strict=True):
-        costs.append(BlockCost(spec, size, shapes.output_size(spec, *size), block_macs(spec, size)))
-    return costs
+    return [
+        BlockCost(spec, size, shapes.output_size(spec, *size), block_layers(spec, size))
+        for spec, size in zip(arch.blocks, shapes.block_input_sizes(arch, resolution), strict=True)
+    ]
+
+
+def stem_layers(arch: Architecture, resolution: int) -> tuple[LayerCost, ...]:
+    image = (resolution, resolution)
+    return (_conv("stem_conv", image, shapes.stem_output_size(resolution), 3, 3, arch.stem_filters),)
+
+
+def head_layers(arch: Architecture, resolution: int) -> tuple[LayerCost, ...]:
+    final = shapes.final_size(arch, resolution)
+    conv = _conv("head_conv", final, final, 1, arch.blocks[-1].output_filters, arch.head_filters)
+    classifier = _conv("classifier", (1, 1), (1, 1), 1, arch.head_filters, arch.num_classes)
+    # The classifier has a bias; its pooled input is read from the head conv's output.
+    return conv, dataclasses.replace(classifier, weights=classifier.weights + arch.num_classes)
 
 
 def stem_macs(arch: Architecture, resolution: int) -> int:
-    return _conv_macs(shapes.stem_output_size(resolution), 3, 3, arch.stem_filters)
+    return sum(layer.macs for layer in stem_layers(arch, resolution))
 
 
 def head_macs(arch: Architecture, resolution: int) -> int:
-    channels = arch.blocks[-1].output_filters
-    conv = _conv_macs(shapes.final_size(arch, resolution), 1, channels, arch.head_filters)
-    return conv + arch.head_filters * arch.num_classes
+    return sum(layer.macs for layer in head_layers(arch, resolution))
+
+
+def all_layers(arch: Architecture, resolution: int | None = None) -> list[LayerCost]:
+    resolution = resolution or arch.resolution
+    blocks = [layer for cost in block_costs(arch, resolution) for layer in cost.layers]
+    return [*stem_layers(arch, resolution), *blocks, *head_layers(arch, resolution)]
 
 
 def total_macs(arch: Architecture, resolution: int | None = None) -> int:
-    resolution = resolution or arch.resolution
-    blocks = sum(cost.macs for cost in block_costs(arch, resolution))
-    return stem_macs(arch, resolution) + blocks + head_macs(arch, resolution)
+    return sum(layer.macs for layer in all_layers(arch, resolution))
+
+
+def bytes_moved(layers, batch: int, dtype_bytes: int) -> int:
+    """Memory traffic of `layers` for one batch: activations per image, weights once."""
+    return dtype_bytes * sum(batch * layer.activations + layer.weights for layer in layers)
+
+
+def intensity(layers, batch: int, dtype_bytes: int) -> float:
+    """Operational intensity: FLOPs (2 x MACs per image x batch) per byte moved."""
+    flops = 2 * batch * sum(layer.macs for layer in layers)
+    return flops / bytes_moved(layers, batch, dtype_bytes)
