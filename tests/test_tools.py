@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from effnetx_jax import bench, summary
-from effnetx_jax.models import create_model, model_config
+from effnetx_jax.models import architecture, costs, create_model, model_config
 from effnetx_jax.models.efficientnet import GatedProjection
 
 TINY_CONFIG = """
@@ -86,6 +86,39 @@ def test_bench_reports_compile_and_step_times(tmp_path):
         assert result["compile_s"] > 0 and 0 < result["min_ms"] <= result["median_ms"]
         assert result["images_per_s"] == pytest.approx(4000 / result["median_ms"], rel=0.01)
         assert result["device"].startswith("cpu")
+
+
+def test_bench_families_with_a_latency_vs_flops_plot(tmp_path):
+    plot = tmp_path / "latency_vs_flops.png"
+    output = run_module(
+        "effnetx_jax.bench",
+        *("--family=efficientnet", "--family=efficientnet-x", "--sizes=0-1"),
+        *("--resolution=32", "--batch=2", "--steps=1", "--warmup=0", "--json", f"--plot={plot}"),
+    )
+    *lines, wrote = output.splitlines()
+    results = [json.loads(line) for line in lines]
+    names = [(result["family"], result["name"]) for result in results]
+    assert names == [
+        ("efficientnet", "efficientnet-b0"),
+        ("efficientnet", "efficientnet-b1"),
+        ("efficientnet-x", "efficientnet-x-b0"),
+        ("efficientnet-x", "efficientnet-x-b1"),
+    ]
+    # FLOPs are the analytic count at the measured resolution.
+    x_b0 = architecture(model_config("efficientnet-x-b0"))
+    assert results[2]["gflops"] == pytest.approx(2 * costs.total_macs(x_b0, 32) / 1e9, abs=1e-4)
+    assert wrote == f"wrote {plot}" and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("sizes", ["0-9", "a-b", ""])
+def test_bench_rejects_bad_sizes(sizes):
+    result = subprocess.run(
+        [sys.executable, "-m", "effnetx_jax.bench", "--family=efficientnet", f"--sizes={sizes}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0 and "--sizes" in result.stderr
 
 
 def test_bench_train_step_updates_parameters_and_batch_statistics():
