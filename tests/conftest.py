@@ -4,6 +4,7 @@ what a training run writes."""
 import json
 import os
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,25 @@ def tiny_config(blocks, *, activation="relu", width=0.25, se_coefficient=1.0, **
 def init_variables(model, resolution=32, batch=2):
     images = jnp.zeros((batch, resolution, resolution, 3), jnp.float32)
     return jax.jit(lambda x: model.init({"params": jax.random.key(0)}, x))(images)
+
+
+def train_command(data_dir, workdir, *overrides):
+    """`python train.py` on a narrow quickstart model (run from the repository root); `overrides` are flags."""
+    return [
+        sys.executable,
+        "train.py",
+        "--config=configs/quickstart.py",
+        f"--workdir={workdir}",
+        f"--config.data_dir={data_dir}",
+        "--config.model.width=0.25",
+        "--config.model.depth=0.25",
+        "--config.model.head_filters=64",
+        "--config.batch_size=16",
+        "--config.total_epochs=0",
+        "--config.eval_every_epochs=0",
+        "--config.checkpoint_every_epochs=0",
+        *overrides,
+    ]
 
 
 def read_jsonl(workdir):

@@ -6,7 +6,6 @@ import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
@@ -15,7 +14,7 @@ import pytest
 
 from effnetx_jax import distributed
 
-from conftest import checkpoint_steps, checkpointed_state, read_jsonl
+from conftest import checkpoint_steps, checkpointed_state, read_jsonl, train_command
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROCESS_TIMEOUT_S = 300
@@ -28,25 +27,9 @@ def _free_port() -> int:
 
 
 def _command(workdir, data_dir, *extra):
-    """train.py on a narrow quickstart model; `extra` flags override."""
-    return [
-        sys.executable,
-        "train.py",
-        "--config=configs/quickstart.py",
-        f"--workdir={workdir}",
-        f"--config.data_dir={data_dir}",
-        "--config.model.width=0.25",
-        "--config.model.depth=0.25",
-        "--config.model.head_filters=64",
-        "--config.batch_size=16",
-        "--config.total_epochs=0",
-        "--config.log_every_steps=1",
-        "--config.eval_every_epochs=0",
-        "--config.checkpoint_every_epochs=0",
-        "--config.checkpoint_every_steps=2",
-        "--config.data.num_workers=0",
-        *extra,
-    ]
+    """train.py logging every step and checkpointing every 2, in one process per process."""
+    quick = ("--config.log_every_steps=1", "--config.checkpoint_every_steps=2", "--config.data.num_workers=0")
+    return train_command(data_dir, workdir, *quick, *extra)
 
 
 def _environment(devices: int) -> dict:

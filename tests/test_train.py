@@ -15,7 +15,7 @@ import pytest
 from configs import quickstart
 from effnetx_jax.train import NonFiniteLossError, format_metrics, train_and_evaluate
 
-from conftest import checkpoint_metadata, checkpoint_steps, checkpointed_state, read_jsonl
+from conftest import checkpoint_metadata, checkpoint_steps, checkpointed_state, read_jsonl, train_command
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -91,24 +91,6 @@ def test_bad_durations_fail_before_training(data_dir, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def _train_command(data_dir, workdir, *overrides):
-    return [
-        sys.executable,
-        "train.py",
-        "--config=configs/quickstart.py",
-        f"--workdir={workdir}",
-        f"--config.data_dir={data_dir}",
-        "--config.model.width=0.25",
-        "--config.model.depth=0.25",
-        "--config.model.head_filters=64",
-        "--config.batch_size=16",
-        "--config.total_epochs=0",
-        "--config.eval_every_epochs=0",
-        "--config.checkpoint_every_epochs=0",
-        *overrides,
-    ]
-
-
 def _run(command):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -118,11 +100,11 @@ def _run(command):
 def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(data_dir, tmp_path):
     args = ("--config.total_steps=60", "--config.checkpoint_every_steps=30", "--config.log_every_steps=10")
     straight = tmp_path / "straight"
-    _run(_train_command(data_dir, straight, *args))
+    _run(train_command(data_dir, straight, *args))
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        _train_command(data_dir, killed, *args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        train_command(data_dir, killed, *args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.time() + 300
@@ -133,7 +115,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(data_dir, tmp
         process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "checkpoints" / "60").exists()
-    _run(_train_command(data_dir, killed, *args))
+    _run(train_command(data_dir, killed, *args))
 
     for a, b in zip(
         jax.tree.leaves(checkpointed_state(str(straight), 60)["params"]),
@@ -146,7 +128,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(data_dir, tmp
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
-    command = _train_command(data_dir, tmp_path, "--config.total_steps=100000", "--config.checkpoint_every_steps=0")
+    command = train_command(data_dir, tmp_path, "--config.total_steps=100000", "--config.checkpoint_every_steps=0")
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
