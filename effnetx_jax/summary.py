@@ -49,7 +49,7 @@ def block_output_shapes(model, variables, resolution: int) -> dict[str, tuple[in
 
 def _traffic(layers, batch: int, dtype_bytes: int) -> dict:
     return {
-        "flops": 2 * batch * sum(layer.macs for layer in layers),
+        "flops": cost_model.flops(layers, batch),
         "bytes": cost_model.bytes_moved(layers, batch, dtype_bytes),
         "intensity": round(cost_model.intensity(layers, batch, dtype_bytes), 2),
     }

@@ -130,7 +130,11 @@ def bytes_moved(layers, batch: int, dtype_bytes: int) -> int:
     return dtype_bytes * sum(batch * layer.activations + layer.weights for layer in layers)
 
 
+def flops(layers, batch: int) -> int:
+    """Floating-point operations of `layers` for one batch: 2 x MACs per image x batch."""
+    return 2 * batch * sum(layer.macs for layer in layers)
+
+
 def intensity(layers, batch: int, dtype_bytes: int) -> float:
-    """Operational intensity: FLOPs (2 x MACs per image x batch) per byte moved."""
-    flops = 2 * batch * sum(layer.macs for layer in layers)
-    return flops / bytes_moved(layers, batch, dtype_bytes)
+    """Operational intensity: FLOPs per byte moved."""
+    return flops(layers, batch) / bytes_moved(layers, batch, dtype_bytes)

@@ -46,12 +46,16 @@ def preemption_check() -> Iterator[Callable[[int], bool]]:
         yield multihost_utils.reached_preemption_sync_point
         return
     received = threading.Event()
+
+    def preempted(step: int) -> bool:
+        return received.is_set()
+
     if threading.current_thread() is not threading.main_thread():
-        yield lambda step: received.is_set()
+        yield preempted  # signal handlers can only be installed from the main thread
         return
     previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
     try:
-        yield lambda step: received.is_set()
+        yield preempted
     finally:
         signal.signal(signal.SIGTERM, previous)
 

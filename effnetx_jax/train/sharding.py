@@ -9,6 +9,8 @@ replicated, where splitting saves nothing and costs a collective.
 
 from __future__ import annotations
 
+import math
+
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -40,10 +42,7 @@ def state_shardings(abstract_state, mesh: Mesh):
 
 
 def _fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
-    size = 1
-    for dim in shape:
-        size *= dim
-    if fsdp_size == 1 or size < MIN_SHARDED_SIZE:
+    if fsdp_size == 1 or math.prod(shape) < MIN_SHARDED_SIZE:
         return PartitionSpec()
     divisible = [axis for axis, dim in enumerate(shape) if dim % fsdp_size == 0]
     if not divisible:
