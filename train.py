@@ -8,17 +8,12 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 from absl import app, flags
 from ml_collections import config_flags
 
+from effnetx_jax import cli_flags
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (path.py or path.py:arg).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs; a rerun resumes.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
-_TIMEOUT = flags.DEFINE_integer("distributed_timeout_s", 300, "Seconds to wait for every process to join.")
-_HEARTBEAT = flags.DEFINE_integer(
-    "heartbeat_timeout_s", 100, "Seconds without a sign of life after which a process counts as dead."
-)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,16 +21,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Imported here: Grain's worker processes re-import this module and must not pay for JAX.
-    from effnetx_jax import distributed
     from effnetx_jax.train import format_metrics, train_and_evaluate
 
-    distributed.initialize(
-        _COORDINATOR.value,
-        _NUM_PROCESSES.value,
-        _PROCESS_ID.value,
-        timeout_s=_TIMEOUT.value,
-        heartbeat_timeout_s=_HEARTBEAT.value,
-    )
+    cli_flags.initialize_distributed()
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     print(format_metrics(metrics), flush=True)
 

@@ -24,3 +24,34 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 def model_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The model config inside a full (trainer) config, or the config itself if it is one."""
     return config.model if "model" in config else config
+
+
+def render_config(config: ml_collections.ConfigDict, docstring: str) -> str:
+    """Python source of a config file whose `get_config()` returns `config` as literal values.
+
+    Unset fields keep their type (`placeholder(int)`), so `--config.total_steps=...` still works on
+    the command line. Tools that write configs (LACS, search) use this: the file needs nothing but
+    ml_collections to load, and a later edit of the repository's configs does not change it.
+    """
+    body = _render_section(config, indent=1)
+    return (
+        f'"""{docstring.strip()}\n"""\n\n'
+        "import ml_collections\n"
+        "from ml_collections.config_dict import placeholder\n\n\n"
+        f"def get_config():\n    return {body}\n"
+    )
+
+
+def _render_section(config: ml_collections.ConfigDict, indent: int) -> str:
+    pad = "    " * (indent + 1)
+    lines = []
+    for key in config:
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            text = _render_section(value, indent + 1)
+        elif value is None:
+            text = f"placeholder({config.get_ref(key).get_type().__name__})"
+        else:
+            text = repr(value)
+        lines.append(f"{pad}{key!r}: {text},")
+    return "ml_collections.ConfigDict({\n" + "\n".join(lines) + "\n" + pad[:-4] + "})"

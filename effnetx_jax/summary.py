@@ -29,6 +29,11 @@ def abstract_variables(model, resolution: int, batch: int = 1):
     return jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), images)
 
 
+def parameter_count(cfg) -> int:
+    """Trainable parameters of a model config (shapes only, nothing is allocated)."""
+    return _count(abstract_variables(create_model(cfg), cfg.resolution)["params"])
+
+
 def block_output_shapes(model, variables, resolution: int) -> dict[str, tuple[int, ...]]:
     """Output shape of every block (batch 1), read off the traced model."""
     images = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)

@@ -1,9 +1,11 @@
-"""What the processes of a run must agree on: the config, and the step at which a preemption stops them."""
+"""What the processes of a run must agree on: the config, the step at which a preemption stops them, and
+what process 0 decides for all of them (the next point of a sweep)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -32,6 +34,19 @@ def check_same_config(config) -> None:
             f"processes {differing} run a different config from process 0 (the config hashes differ); every "
             "process must run the same command with the same config file and overrides"
         )
+
+
+def broadcast_from_process_0(payload):
+    """Process 0's `payload` (anything JSON can encode) on every process; the others' argument is ignored."""
+    if jax.process_count() == 1:
+        return payload
+    encoded = np.frombuffer(json.dumps(payload).encode(), dtype=np.uint8)
+    # Two broadcasts: the length first, so that every process passes an array of the same shape.
+    length = int(multihost_utils.broadcast_one_to_all(np.int32(encoded.size)))
+    buffer = np.zeros(length, np.uint8)
+    if jax.process_index() == 0:
+        buffer[:] = encoded
+    return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes())
 
 
 @contextlib.contextmanager
