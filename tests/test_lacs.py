@@ -1,6 +1,7 @@
 """LACS: the grid and its constraints, the reward, the family configs, and real sweeps of tiny models
 (in process, two worker processes sharing a journal, a killed worker, two JAX processes over loopback)."""
 
+import itertools
 import json
 import os
 import pathlib
@@ -24,10 +25,14 @@ EXPERIMENT = "experiments/lacs/digits_cpu.py"
 PROCESS_TIMEOUT_S = 400
 
 
+# Two stages (s2d + depthwise, then fused), so that every point compiles in seconds.
+TINY_BLOCKS = ("r1_k3_s22_e1_i32_o16_se0.25_d1_a0", "r1_k3_s22_e4_i16_o24_f1_a1")
+
+
 def _experiment(data_dir=None, **grid):
-    """digits_cpu.py shrunk: a narrow base model, 2 proxy steps, a 1-step latency measurement."""
+    """digits_cpu.py shrunk: a two-stage base model, 2 proxy steps, a 1-step latency measurement."""
     config = config_files.load_config(str(REPO / EXPERIMENT))
-    config.model.update(width=0.25, depth=0.25, head_filters=64)
+    config.model.update(blocks=TINY_BLOCKS, width=0.25, depth=1.0, head_filters=64)
     config.grid.update(grid)
     config.latency.update(batch=2, steps=1, warmup=0)
     for trainer in (config.proxy, config.family.trainer):
@@ -41,8 +46,9 @@ def _experiment(data_dir=None, **grid):
 def _overrides(data_dir, grid: dict, target: float, tolerance: float) -> list[str]:
     """The same shrinking as `_experiment`, as command-line flags."""
     flags = [
+        f"--config.model.blocks={TINY_BLOCKS!r}",
         "--config.model.width=0.25",
-        "--config.model.depth=0.25",
+        "--config.model.depth=1.0",
         "--config.model.head_filters=64",
         "--config.latency.batch=2",
         "--config.latency.steps=1",
@@ -173,9 +179,9 @@ def test_family_configs_are_loadable_trainer_configs_with_the_scaled_models(tmp_
     assert [m["name"] for m in members] == [f"efficientnet-x-lacs-digits-b{i}" for i in range(1, 8)]
     assert [m["dropout"] for m in members] == list(config.family.dropout)
     gflops = [m["gflops"] for m in members]
-    assert all(a < b for a, b in zip(gflops, gflops[1:])) and gflops[-1] > 8 * gflops[0]
+    assert all(a < b for a, b in itertools.pairwise(gflops)) and gflops[-1] > 8 * gflops[0]
     loaded = config_files.load_config(members[2]["config"])
-    assert loaded.model.depth == pytest.approx(0.25 * 1.44)  # phi=2: 1.2^2
+    assert loaded.model.depth == pytest.approx(1.44)  # phi=2: 1.2^2
     assert loaded.model.resolution == round(32 * 1.15**2)
     assert loaded.total_steps == 2 and loaded.dataset == "digits"
     # Unset fields keep their type, so the command line can still set them.
@@ -241,7 +247,7 @@ def test_two_point_sweep_end_to_end_then_a_rerun_trains_nothing(data_dir, tmp_pa
         assert 0 <= row["accuracy"] <= 1 and row["latency_ms"] > 0 and row["gflops"] > 0
         target = report["base"]["target_latency_ms"]
         assert row["reward"] == pytest.approx(row["accuracy"] * (row["latency_ms"] / target) ** -0.07)
-    assert [row["depth"] for row in report["points"]] == [0.25, 0.5]
+    assert [row["depth"] for row in report["points"]] == [1.0, 2.0]
     on_disk = json.loads((tmp_path / "lacs.json").read_text())
     assert on_disk["chosen"] == report["chosen"] and len(on_disk["family"]) == 7
     assert "**chosen**" in (tmp_path / "lacs.md").read_text()

@@ -8,21 +8,29 @@ import os
 import optuna
 from optuna.trial import TrialState
 
-from effnetx_jax import plotting, studies
+from effnetx_jax import candidates, plotting, studies
 from effnetx_jax.lacs import experiment, family
 from effnetx_jax.lacs.sweep import BASE_LATENCY_KEY, point_of
 
 _STATUS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "skipped", TrialState.FAIL: "failed"}
 
 
-def collect_rows(study: optuna.Study) -> list[dict]:
-    """One row per grid point that is done, in grid-coefficient order (duplicates and retries left out)."""
+def collect_rows(study: optuna.Study, config, target_ms: float) -> list[dict]:
+    """One row per grid point that is done, in grid-coefficient order (duplicates and retries left out).
+
+    Rewards are recomputed with the study's base latency: workers that start together may each have
+    measured it, and the last measurement stored is the one every row then shares.
+    """
     rows = {}
     for trial in study.get_trials(deepcopy=False):
         if studies.is_done(trial):
             row = {"trial": trial.number, "status": _STATUS[trial.state], **trial.user_attrs}
             for key in (studies.HEARTBEAT_KEY, "worker"):
                 row.pop(key, None)
+            if row["status"] == "complete":
+                row["reward"] = candidates.reward(
+                    row["accuracy"], row["latency_ms"], target_ms, config.objective.exponent
+                )
             rows[point_of(trial)] = row
     return [rows[point] for point in sorted(rows)]
 
@@ -83,9 +91,9 @@ def _cell(row: dict, key: str, spec: str) -> str:
 
 def write_report(config, study: optuna.Study, workdir: str, command: str, device: str) -> dict:
     """Writes lacs.json, lacs.md, lacs.png and (when a point completed) configs/<name>.py; returns the JSON."""
-    rows = collect_rows(study)
-    chosen = choose(rows)
     base_ms = study.user_attrs[BASE_LATENCY_KEY]
+    rows = collect_rows(study, config, experiment.target_latency_ms(config, base_ms))
+    chosen = choose(rows)
     base = {
         "name": config.model.name,
         "gflops": study.user_attrs["base_gflops"],
