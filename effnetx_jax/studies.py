@@ -131,8 +131,7 @@ def describe_error(error: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def record_failure(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> str:
-    message = describe_error(error)
+def record_failure(study: optuna.Study, trial: optuna.Trial, message: str) -> None:
+    """Fails `trial` with its error: done for good, unlike an interrupted trial (failed without one)."""
     trial.set_user_attr(ERROR_KEY, message)
     study.tell(trial, state=TrialState.FAIL)
-    return message

@@ -4,6 +4,7 @@ what a training run writes."""
 import json
 import os
 import pathlib
+import socket
 import sys
 
 import jax
@@ -63,6 +64,13 @@ def train_command(data_dir, workdir, *overrides):
         "--config.checkpoint_every_epochs=0",
         *overrides,
     ]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a test's JAX coordinator."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def read_jsonl(workdir):

@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from effnetx_jax import candidates, config_files, plotting, studies
 from effnetx_jax.lacs import experiment, family, sweep
 from effnetx_jax.lacs.run import run_lacs
 from effnetx_jax.models import architecture, model_config
+
+from conftest import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT = "experiments/lacs/digits_cpu.py"
@@ -362,15 +363,9 @@ def test_a_killed_workers_point_is_retried_and_finished_points_are_not(data_dir,
     assert [row["status"] for row in report["points"]] == ["complete", "complete"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_jax_processes_train_each_point_together_and_process_0_records_it(data_dir, tmp_path):
     grid = {"alpha": (1.2,), "beta": (1.0,), "gamma": (1.0,)}
-    port = _free_port()
+    port = free_port()
     workers = [
         _worker(
             tmp_path,

@@ -4,7 +4,6 @@ import contextlib
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import time
 
@@ -14,16 +13,10 @@ import pytest
 
 from effnetx_jax import distributed
 
-from conftest import checkpoint_steps, checkpointed_state, read_jsonl, train_command
+from conftest import checkpoint_steps, checkpointed_state, free_port, read_jsonl, train_command
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROCESS_TIMEOUT_S = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _command(workdir, data_dir, *extra):
@@ -39,7 +32,7 @@ def _environment(devices: int) -> dict:
 @contextlib.contextmanager
 def _two_processes(workdir, data_dir, *extra):
     """Starts process 0 and 1 of one run; yields the Popen objects and always kills what is left."""
-    port = _free_port()
+    port = free_port()
     processes = []
     try:
         for process_id in range(2):
@@ -169,7 +162,7 @@ def test_sigterm_to_every_process_saves_one_checkpoint_at_a_common_step(data_dir
 
 
 def test_processes_with_different_configs_fail_clearly(data_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     processes = [
         subprocess.Popen(
             _command(
@@ -201,7 +194,7 @@ def test_processes_with_different_configs_fail_clearly(data_dir, tmp_path):
 
 
 def test_an_unreachable_coordinator_is_a_clear_error_within_the_timeout():
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(ConnectionError, match=rf"process 1 of 2 could not reach the coordinator at 127.0.0.1:{port}"):
         distributed.initialize(f"127.0.0.1:{port}", 2, 1, timeout_s=2)

@@ -50,13 +50,14 @@ def write_family(config: ml_collections.ConfigDict, point: Point, directory: str
     for index, name in enumerate(config.family.names):
         model = member_model(config, point, index)
         phi = config.family.phis[index]
+        gflops = float(f"{candidates.gflops(model):.4g}")
         path = os.path.join(directory, f"{name}.py")
         docstring = (
             f"{model.name}: {config.model.name} scaled by LACS (alpha={alpha:g}, beta={beta:g}, gamma={gamma:g}) "
             f"at phi={phi:g}.\n\n"
             f"Written by `{command}`.\n"
             f"width {model.width:g}, depth {model.depth:g}, resolution {model.resolution}, "
-            f"{candidates.gflops(model):.4g} GFLOPs per image.\n\n"
+            f"{gflops:g} GFLOPs per image.\n\n"
             f"  python train.py --config={path} --workdir=DIR"
         )
         with open(path, "w") as file:
@@ -69,7 +70,7 @@ def write_family(config: ml_collections.ConfigDict, point: Point, directory: str
                 "depth": model.depth,
                 "resolution": model.resolution,
                 "dropout": model.dropout,
-                "gflops": float(f"{candidates.gflops(model):.4g}"),
+                "gflops": gflops,
                 "params": parameter_count(model),
                 "config": path,
             }

@@ -156,8 +156,7 @@ def record(study: optuna.Study, trial: optuna.Trial, outcome: dict) -> None:
     elif outcome["status"] == "skipped":
         study.tell(trial, state=TrialState.PRUNED)
     else:
-        trial.set_user_attr(studies.ERROR_KEY, outcome["error"])
-        study.tell(trial, state=TrialState.FAIL)
+        studies.record_failure(study, trial, outcome["error"])
 
 
 def _progress(study: optuna.Study, config, trial: optuna.Trial, outcome: dict) -> str:
