@@ -40,14 +40,53 @@ def gflops(model: ml_collections.ConfigDict) -> float:
     return 2 * costs.total_macs(architecture(model), model.resolution) / 1e9
 
 
-def measure_latency(model: ml_collections.ConfigDict, latency: ml_collections.ConfigDict) -> float:
-    """Median step time in ms of `model` on this process's first device, as `python -m effnetx_jax.bench`."""
+LATENCY_MODES = ("infer", "train")
+LATENCY_DTYPES = ("float32", "bfloat16")
+LATENCY_SOURCES = ("measured", "analytic")
+
+
+def check_latency(latency: ml_collections.ConfigDict) -> None:
+    """Rejects a bad `config.latency` section, naming the key."""
+    if latency.mode not in LATENCY_MODES:
+        raise ValueError(f"config.latency.mode: must be one of {LATENCY_MODES}, got {latency.mode!r}")
+    if latency.dtype not in LATENCY_DTYPES:
+        raise ValueError(f"config.latency.dtype: must be one of {LATENCY_DTYPES}, got {latency.dtype!r}")
+    if latency.batch < 1 or latency.steps < 1:
+        raise ValueError(f"config.latency: batch and steps must be >= 1, got {latency.batch} and {latency.steps}")
+    source = latency.get("source", "measured")
+    if source not in LATENCY_SOURCES:
+        raise ValueError(f"config.latency.source: must be one of {LATENCY_SOURCES}, got {source!r}")
+    if source == "analytic" and not (latency.get("peak_tflops", 0) > 0 and latency.get("memory_gbs", 0) > 0):
+        raise ValueError("config.latency: the analytic source needs peak_tflops > 0 and memory_gbs > 0 (the target's)")
+    if source == "analytic" and latency.mode != "infer":
+        raise ValueError("config.latency.mode: the analytic source estimates inference only; use mode='infer'")
+
+
+def benchmark(model: ml_collections.ConfigDict, latency: ml_collections.ConfigDict) -> dict:
+    """`python -m effnetx_jax.bench`'s numbers for `model` on this process's first device."""
     from effnetx_jax import bench
 
     timed = ml_collections.ConfigDict(model.to_dict())
     timed.dtype = latency.dtype
-    result = bench.benchmark(timed, batch=latency.batch, mode=latency.mode, steps=latency.steps, warmup=latency.warmup)
-    return result["median_ms"]
+    return bench.benchmark(timed, batch=latency.batch, mode=latency.mode, steps=latency.steps, warmup=latency.warmup)
+
+
+def measure_latency(model: ml_collections.ConfigDict, latency: ml_collections.ConfigDict) -> float:
+    """Median step time in ms of `model` on this process's first device."""
+    return benchmark(model, latency)["median_ms"]
+
+
+def analytic_latency_ms(model: ml_collections.ConfigDict, latency: ml_collections.ConfigDict) -> float:
+    """A roofline estimate for hardware other than this one: every layer takes the longer of its FLOPs
+    at `peak_tflops` and its memory traffic at `memory_gbs`, one after the other (no overlap, no
+    fusion), at the configured batch and dtype. Inference only."""
+    dtype_bytes = 2 if latency.dtype == "bfloat16" else 4
+    seconds = 0.0
+    for layer in costs.all_layers(architecture(model), model.resolution):
+        compute = costs.flops([layer], latency.batch) / (latency.peak_tflops * 1e12)
+        memory = costs.bytes_moved([layer], latency.batch, dtype_bytes) / (latency.memory_gbs * 1e9)
+        seconds += max(compute, memory)
+    return seconds * 1e3
 
 
 def proxy_accuracy(trainer_config, model, workdir: str, metric: str) -> float:

@@ -16,6 +16,7 @@ the same loop against it, so several workers, a resumed sweep and a retried tria
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,15 @@ HEARTBEAT_KEY = "last_heartbeat"
 ERROR_KEY = "error"
 DUPLICATE_KEY = "duplicate_of"
 FINGERPRINT_KEY = "experiment_fingerprint"
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """How workers notice each other: heartbeat period, silence that means dead, and the wait between checks."""
+
+    heartbeat_s: float = 10.0
+    stale_after_s: float = 120.0
+    poll_s: float = 10.0
 
 
 def open_storage(url: str | None, workdir: str) -> optuna.storages.BaseStorage:

@@ -24,6 +24,9 @@ EVERY_BLOCK = (
     "r2_k3_s22_e6_i32_o40_se0.25",
 )
 
+# Two stages (s2d + depthwise, then fused): the base of the LACS and search tests, compiled in seconds.
+TWO_STAGE_BLOCKS = ("r1_k3_s22_e1_i32_o16_se0.25_d1_a0", "r1_k3_s22_e4_i16_o24_f1_a1")
+
 
 def tiny_config(blocks, *, activation="relu", width=0.25, se_coefficient=1.0, **overrides):
     cfg = model_config("efficientnet-x-b0")

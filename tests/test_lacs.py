@@ -19,21 +19,17 @@ from effnetx_jax.lacs import experiment, family, sweep
 from effnetx_jax.lacs.run import run_lacs
 from effnetx_jax.models import architecture, model_config
 
-from conftest import free_port
+from conftest import TWO_STAGE_BLOCKS, free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT = "experiments/lacs/digits_cpu.py"
 PROCESS_TIMEOUT_S = 400
 
 
-# Two stages (s2d + depthwise, then fused), so that every point compiles in seconds.
-TINY_BLOCKS = ("r1_k3_s22_e1_i32_o16_se0.25_d1_a0", "r1_k3_s22_e4_i16_o24_f1_a1")
-
-
 def _experiment(data_dir=None, **grid):
     """digits_cpu.py shrunk: a two-stage base model, 2 proxy steps, a 1-step latency measurement."""
     config = config_files.load_config(str(REPO / EXPERIMENT))
-    config.model.update(blocks=TINY_BLOCKS, width=0.25, depth=1.0, head_filters=64)
+    config.model.update(blocks=TWO_STAGE_BLOCKS, width=0.25, depth=1.0, head_filters=64)
     config.grid.update(grid)
     config.latency.update(batch=2, steps=1, warmup=0)
     for trainer in (config.proxy, config.family.trainer):
@@ -47,7 +43,7 @@ def _experiment(data_dir=None, **grid):
 def _overrides(data_dir, grid: dict, target: float, tolerance: float) -> list[str]:
     """The same shrinking as `_experiment`, as command-line flags."""
     flags = [
-        f"--config.model.blocks={TINY_BLOCKS!r}",
+        f"--config.model.blocks={TWO_STAGE_BLOCKS!r}",
         "--config.model.width=0.25",
         "--config.model.depth=1.0",
         "--config.model.head_filters=64",

@@ -9,22 +9,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from effnetx_jax import cli_flags
+from effnetx_jax import cli_flags, study_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "LACS experiment config (experiments/lacs/NAME.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: study journal, proxy runs, report, family configs.")
-_STORAGE = flags.DEFINE_string(
-    "storage",
-    None,
-    "Database URL shared by workers on several machines (postgresql://, mysql://); default: a journal file "
-    "in the workdir.",
-)
 _CREATE_ONLY = flags.DEFINE_bool("create_only", False, "Create the study, measure the base latency, and exit.")
-_HEARTBEAT_S = flags.DEFINE_float("heartbeat_s", 10.0, "Seconds between a running point's heartbeats.")
-_STALE_AFTER_S = flags.DEFINE_float(
-    "stale_after_s", 120.0, "Heartbeat silence after which a point's worker counts as dead."
-)
-_POLL_S = flags.DEFINE_float("poll_s", 10.0, "Seconds between checks while the only points left run elsewhere.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,14 +22,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Imported here: Grain's worker processes re-import this module and must not pay for JAX.
     from effnetx_jax.lacs.run import run_lacs
-    from effnetx_jax.lacs.sweep import Timing
 
     cli_flags.initialize_distributed()
     run_lacs(
         _CONFIG.value,
         _WORKDIR.value,
-        storage=_STORAGE.value,
-        timing=Timing(_HEARTBEAT_S.value, _STALE_AFTER_S.value, _POLL_S.value),
+        storage=study_flags.STORAGE.value,
+        timing=study_flags.timing(),
         create_only=_CREATE_ONLY.value,
         command="python -m effnetx_jax.lacs " + " ".join(sys.argv[1:]),
     )

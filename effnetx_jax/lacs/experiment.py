@@ -24,10 +24,10 @@ import itertools
 
 import ml_collections
 
+from effnetx_jax import candidates
+
 COEFFICIENTS = ("alpha", "beta", "gamma")
 CONSTRAINTS = ("flops", "latency")
-LATENCY_MODES = ("infer", "train")
-DTYPES = ("float32", "bfloat16")
 
 Point = tuple[float, float, float]
 
@@ -79,12 +79,7 @@ def check_experiment(config: ml_collections.ConfigDict) -> None:
         _fail("objective.exponent", f"must be <= 0 (slower models earn less), got {config.objective.exponent}")
     if config.objective.target_latency_ms < 0:
         _fail("objective.target_latency_ms", f"must be >= 0, got {config.objective.target_latency_ms}")
-    if config.latency.mode not in LATENCY_MODES:
-        _fail("latency.mode", f"must be one of {LATENCY_MODES}, got {config.latency.mode!r}")
-    if config.latency.dtype not in DTYPES:
-        _fail("latency.dtype", f"must be one of {DTYPES}, got {config.latency.dtype!r}")
-    if config.latency.batch < 1 or config.latency.steps < 1:
-        _fail("latency", f"batch and steps must be >= 1, got {config.latency.batch} and {config.latency.steps}")
+    candidates.check_latency(config.latency)
     family = config.family
     if len(family.phis) != len(family.names):
         _fail("family.phis", f"needs one phi per name ({len(family.names)}), got {len(family.phis)}")

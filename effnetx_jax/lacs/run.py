@@ -19,7 +19,7 @@ def run_lacs(
     workdir: str,
     *,
     storage: str | None = None,
-    timing: sweep.Timing | None = None,
+    timing: studies.Timing | None = None,
     create_only=False,
     command="",
     log=print,
@@ -37,7 +37,7 @@ def run_lacs(
             base_ms = sweep.base_latency_ms(study, config)
             log(f"study {config.name!r} ready; base latency {base_ms:.2f} ms on {_device()}")
         return None
-    evaluated = sweep.run_worker(config, workdir, study, timing or sweep.Timing(), log)
+    evaluated = sweep.run_worker(config, workdir, study, timing or studies.Timing(), log)
     if not is_leader:
         return None
     result = report.write_report(config, study, workdir, command, _device())

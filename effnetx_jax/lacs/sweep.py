@@ -11,7 +11,6 @@ measure and train it together.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 
@@ -26,18 +25,10 @@ from effnetx_jax import candidates, studies
 from effnetx_jax.lacs import experiment
 from effnetx_jax.lacs.experiment import COEFFICIENTS, Point
 from effnetx_jax.lacs.family import scale_model
+from effnetx_jax.studies import Timing
 from effnetx_jax.train import multihost
 
 BASE_LATENCY_KEY = "base_latency_ms"
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """How workers notice each other: heartbeat period, silence that means dead, and the wait between checks."""
-
-    heartbeat_s: float = 10.0
-    stale_after_s: float = 120.0
-    poll_s: float = 10.0
 
 
 class _GridSampler(optuna.samplers.GridSampler):

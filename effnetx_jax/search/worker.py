@@ -1,0 +1,265 @@
+"""One search worker: ask the study for a candidate, evaluate it, record it; until the budget is spent.
+
+Any number of workers (processes, machines) run this loop against one Optuna study; the sampler
+(aging evolution or NSGA-II) reads the finished trials, so workers need no other coordination.
+Before anything is trained, a candidate is
+- rejected with its reason if its decisions describe no model (pruned, `reason`);
+- answered from the cache if a trial with the same canonical architecture finished (`cached_from`);
+- pruned as a duplicate if that architecture is being trained by another worker right now.
+A dead worker's trial (stale heartbeat) is queued again with the same decisions; its proxy run
+resumes from the checkpoint in `trials/<canonical key>`. On a multi-host slice only process 0 talks
+to the study; it broadcasts each candidate and all processes measure and train it together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import jax
+import optuna
+from absl import logging
+from optuna.trial import TrialState
+
+from effnetx_jax import candidates, studies, summary
+from effnetx_jax.search import experiment
+from effnetx_jax.search.space import InvalidCandidate, canonical_key
+from effnetx_jax.train import multihost
+
+STARTED_KEY = "started_at"
+TARGET_KEY = "target_latency_ms"
+REFERENCE_KEY = "reference"
+CANONICAL_KEY = "canonical"
+CACHED_KEY = "cached_from"
+REASON_KEY = "reason"
+# A sampler that keeps proposing invalid candidates (NSGA-II in a mostly invalid space) stops the worker.
+MAX_INVALID_IN_A_ROW = 100
+# What a finished candidate records, and what a cached copy takes over from it.
+RESULT_KEYS = ("accuracy", "latency_ms", "measured_ms", "compile_s", "gflops", "params", "reward", "proxy_train_s")
+
+
+def prepare_study(study: optuna.Study, config) -> None:
+    """On a new study: note the start time and queue the reference models, so they are trained first."""
+    if STARTED_KEY in study.user_attrs:
+        return
+    study.set_user_attr(STARTED_KEY, time.time())
+    space = experiment.space_of(config)
+    for name in config.references:
+        study.enqueue_trial(
+            space.from_model(experiment.reference_model(config, name)), user_attrs={REFERENCE_KEY: name}
+        )
+
+
+def latency(model, config) -> dict:
+    """`latency_ms` as the config says (measured here, or analytic), with the compile time measured here."""
+    measured = candidates.benchmark(model, config.latency)
+    result = {"measured_ms": measured["median_ms"], "compile_s": measured["compile_s"]}
+    if config.latency.source == "analytic":
+        result["latency_ms"] = round(candidates.analytic_latency_ms(model, config.latency), 4)
+    else:
+        result["latency_ms"] = measured["median_ms"]
+    return result
+
+
+def target_latency_ms(study: optuna.Study, config) -> float:
+    """The reward's T: as configured, or the first reference model's latency, measured once per study."""
+    if config.objective.target_latency_ms:
+        return config.objective.target_latency_ms
+    if TARGET_KEY not in study.user_attrs:
+        reference = experiment.reference_model(config, config.references[0])
+        study.set_user_attr(TARGET_KEY, latency(reference, config)["latency_ms"])
+    return study.user_attrs[TARGET_KEY]
+
+
+def evaluate(config, model, key: str, target_ms: float, workdir: str) -> dict:
+    """Measures and proxy-trains one candidate; `status` 'complete' or 'failed' (with `error`)."""
+    row = {}
+    try:
+        row["gflops"] = float(f"{candidates.gflops(model):.4g}")
+        row["params"] = summary.parameter_count(model)
+        row.update(latency(model, config))
+        start = time.perf_counter()
+        trial_dir = os.path.join(workdir, "trials", key)
+        row["accuracy"] = candidates.proxy_accuracy(config.proxy, model, trial_dir, config.objective.metric)
+        row["proxy_train_s"] = round(time.perf_counter() - start, 1)
+    except candidates.Interrupted:
+        raise
+    except Exception as error:  # any failure of one candidate is recorded and the search goes on
+        logging.exception("candidate %s failed", key)
+        return {**row, "status": "failed", "error": studies.describe_error(error)}
+    row["reward"] = candidates.reward(row["accuracy"], row["latency_ms"], target_ms, config.objective.exponent)
+    return {**row, "status": "complete"}
+
+
+def objective_values(config, outcome: dict) -> list[float]:
+    """The study's values: the reward (aging evolution), or accuracy and latency (NSGA-II's two objectives)."""
+    if config.algorithm.kind == "nsga2":
+        return [outcome["accuracy"], outcome["latency_ms"]]
+    return [outcome["reward"]]
+
+
+def budget_spent(study: optuna.Study, config, trials) -> str | None:
+    """Why no new candidate may start, or None. Running trials count, so a worker waits for them."""
+    budget = config.budget
+    if budget.max_hours and time.time() > study.user_attrs[STARTED_KEY] + budget.max_hours * 3600:
+        return f"budget.max_hours={budget.max_hours:g} has passed since the search started"
+    used = sum(_counts(t) for t in trials)
+    if budget.max_trials and used >= budget.max_trials:
+        return f"{used} candidates reached budget.max_trials={budget.max_trials}"
+    return None
+
+
+def _counts(trial) -> bool:
+    """Whether a trial uses the budget: finished (trained, cached or failed) or running."""
+    if trial.state == TrialState.RUNNING:
+        return True
+    return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL and studies.is_done(trial))
+
+
+def _requeue_interrupted(study: optuna.Study, trials) -> None:
+    """Queues the decisions of a dead worker's trial again, unless a later trial already has them."""
+    waiting_or_later = [t for t in trials if t.state == TrialState.WAITING or _counts(t)]
+    for trial in trials:
+        if trial.state != TrialState.FAIL or studies.is_done(trial) or not trial.params:
+            continue
+        if not any(other.number > trial.number and other.params == trial.params for other in waiting_or_later):
+            study.enqueue_trial(trial.params, user_attrs=_reference_attr(trial))
+            return
+
+
+def _reference_attr(trial) -> dict:
+    return {REFERENCE_KEY: trial.user_attrs[REFERENCE_KEY]} if REFERENCE_KEY in trial.user_attrs else {}
+
+
+def _answer_without_training(study: optuna.Study, config, trial: optuna.Trial, key: str) -> str | None:
+    """Cache hit (copy the results) or duplicate of a running trial (prune); what happened, or None."""
+    same = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.number != trial.number and t.user_attrs.get(CANONICAL_KEY) == key
+    ]
+    finished = [t for t in same if t.state != TrialState.RUNNING and _counts(t)]
+    if finished:
+        source = finished[0]
+        trial.set_user_attr(CACHED_KEY, source.number)
+        for name in RESULT_KEYS:
+            if name in source.user_attrs:
+                trial.set_user_attr(name, source.user_attrs[name])
+        if source.state == TrialState.COMPLETE:
+            study.tell(trial, source.values)
+            return f"same architecture as trial {source.number}: cached, reward {source.user_attrs['reward']:.4f}"
+        studies.record_failure(study, trial, source.user_attrs[studies.ERROR_KEY])
+        return f"same architecture as trial {source.number}, which failed"
+    running = [t.number for t in same if t.state == TrialState.RUNNING]
+    if running:
+        trial.set_user_attr(studies.DUPLICATE_KEY, running[0])
+        study.tell(trial, state=TrialState.PRUNED)
+        return f"same architecture as trial {running[0]}, running elsewhere: skipped"
+    return None
+
+
+def claim(study: optuna.Study, config, timing: studies.Timing, log) -> tuple[optuna.Trial, dict] | None:
+    """A new trial whose candidate needs training, or None once the budget is spent.
+
+    Invalid candidates, cache hits and duplicates are recorded here, on the way.
+    """
+    space = experiment.space_of(config)
+    decisions = space.decisions()
+    invalid_in_a_row = 0
+    while True:
+        studies.fail_stale_trials(study, timing.stale_after_s)
+        trials = study.get_trials(deepcopy=False)
+        reason = budget_spent(study, config, trials)
+        if reason:
+            if not any(t.state == TrialState.RUNNING for t in trials) or "max_hours" in reason:
+                log(f"budget spent: {reason}")
+                return None
+            time.sleep(timing.poll_s)  # running trials may yet fail or go stale
+            continue
+        _requeue_interrupted(study, trials)
+        trial = study.ask()
+        candidate = {name: trial.suggest_categorical(name, choices) for name, choices in decisions.items()}
+        try:
+            model = space.to_model(candidate)
+        except InvalidCandidate as error:
+            trial.set_user_attr(REASON_KEY, str(error))
+            study.tell(trial, state=TrialState.PRUNED)
+            log(f"trial {trial.number}: invalid, {error}")
+            invalid_in_a_row += 1
+            if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
+                raise InvalidCandidate(
+                    f"the sampler proposed {invalid_in_a_row} invalid candidates in a row; the last: {error}"
+                ) from None
+            continue
+        invalid_in_a_row = 0
+        key = canonical_key(model)
+        trial.set_user_attr(CANONICAL_KEY, key)
+        trial.set_user_attr("blocks", list(model.blocks))
+        answer = _answer_without_training(study, config, trial, key)
+        if answer:
+            log(f"trial {trial.number}: {answer}")
+            continue
+        return trial, candidate
+
+
+def record(study: optuna.Study, config, trial: optuna.Trial, outcome: dict) -> None:
+    for name, value in outcome.items():
+        if name not in ("status", "error"):
+            trial.set_user_attr(name, value)
+    if outcome["status"] == "complete":
+        study.tell(trial, objective_values(config, outcome))
+    else:
+        studies.record_failure(study, trial, outcome["error"])
+
+
+def _progress(study: optuna.Study, config, trial: optuna.Trial, outcome: dict, started: float, evaluated: int) -> str:
+    trials = study.get_trials(deepcopy=False)
+    used = sum(_counts(t) for t in trials)
+    total = config.budget.max_trials or "?"
+    head = f"[{used}/{total}] trial {trial.number}"
+    if REFERENCE_KEY in trial.user_attrs:
+        head += f" ({trial.user_attrs[REFERENCE_KEY]})"
+    if outcome["status"] == "failed":
+        return f"{head}: FAILED, {outcome['error']}"
+    rewarded = [t for t in trials if t.state == TrialState.COMPLETE and "reward" in t.user_attrs]
+    best = max(rewarded, key=lambda t: t.user_attrs["reward"])
+    per_candidate_s = (time.time() - started) / evaluated
+    eta = ""
+    if config.budget.max_trials:
+        eta = f", ETA {max(0, config.budget.max_trials - used) * per_candidate_s / 60:.0f} min"
+    return (
+        f"{head}: reward {outcome['reward']:.4f}, {config.objective.metric} {outcome['accuracy']:.4f}, "
+        f"latency {outcome['latency_ms']:.3g} ms, {outcome['gflops']:.3g} GFLOPs; best {best.user_attrs['reward']:.4f} "
+        f"(trial {best.number}); {outcome['proxy_train_s']:.0f} s{eta}"
+    )
+
+
+def run_worker(config, workdir: str, study: optuna.Study | None, timing: studies.Timing, log=print) -> int:
+    """Evaluates candidates until the budget is spent; returns how many this worker trained.
+
+    `study` is None on processes other than 0 of a multi-host run: they follow process 0's broadcasts.
+    """
+    is_leader = jax.process_index() == 0
+    target_ms = multihost.broadcast_from_process_0(target_latency_ms(study, config) if is_leader else None)
+    space = experiment.space_of(config)
+    started, evaluated = time.time(), 0
+    while True:
+        claimed = claim(study, config, timing, log) if is_leader else None
+        candidate = multihost.broadcast_from_process_0(claimed[1] if claimed else None)
+        if candidate is None:
+            return evaluated
+        trial = claimed[0] if is_leader else None
+        model = space.to_model(candidate)
+        beating = studies.heartbeat(trial, timing.heartbeat_s) if is_leader else contextlib.nullcontext()
+        try:
+            with beating:
+                outcome = evaluate(config, model, canonical_key(model), target_ms, workdir)
+        except (candidates.Interrupted, KeyboardInterrupt):
+            if is_leader:  # failed without an error: interrupted, so it is queued again
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+        evaluated += 1
+        if is_leader:
+            record(study, config, trial, outcome)
+            log(_progress(study, config, trial, outcome, started, evaluated))
