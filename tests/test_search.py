@@ -219,14 +219,14 @@ def test_bad_experiment_configs_name_the_key(key, value, message):
 def test_a_space_without_a_valid_candidate_is_refused():
     config = _experiment()
     config.space.repeats = (-1,)  # every stage of the skeleton has one repeat
-    with pytest.raises(ValueError, match="config.space: no valid candidate in 200 random draws"):
+    with pytest.raises(ValueError, match=r"config.space: no valid candidate in 200 random draws"):
         experiment.check_experiment(config)
 
 
 def test_a_search_needs_a_budget_and_the_analytic_latency_its_hardware():
     config = _experiment()
     config.budget.max_trials = 0
-    with pytest.raises(ValueError, match="config.budget: set max_trials, max_hours or both"):
+    with pytest.raises(ValueError, match=r"config.budget: set max_trials, max_hours or both"):
         experiment.check_experiment(config)
     config = _experiment()
     config.latency.source = "analytic"
