@@ -307,9 +307,9 @@ def test_identical_architectures_are_trained_once_and_nsga2_records_two_objectiv
     assert {row["accuracy"] for row in history} == {history[0]["accuracy"]}
     assert [row["cached_from"] for row in history] == ["", "0", "0"]
     assert len(list((tmp_path / "trials").iterdir())) == 1
-    trials = optuna.load_study(
-        study_name="digits_cpu", storage=studies.open_storage(None, str(tmp_path))
-    ).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name="digits_cpu", storage=studies.open_storage(None, str(tmp_path))).get_trials(
+        deepcopy=False
+    )
     assert [len(t.values) for t in trials] == [2, 2, 2]  # accuracy and latency
     assert trials[0].values == [float(history[0]["accuracy"]), float(history[0]["latency_ms"])]
 
