@@ -21,6 +21,21 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(arg) if arg else module.get_config()
 
 
+def config_error(key: str, reason: str) -> ValueError:
+    """The error for a bad experiment or trainer config key: `config.<key>: <reason>`."""
+    return ValueError(f"config.{key}: {reason}")
+
+
+def require_keys(config: ml_collections.ConfigDict, keys, example: str) -> None:
+    """Raises `config_error` for the first dotted key missing from `config`, pointing at a complete `example`."""
+    for key in keys:
+        section = config
+        for part in key.split("."):
+            if not isinstance(section, ml_collections.ConfigDict) or part not in section:
+                raise config_error(key, f"missing; see {example} for every key")
+            section = section[part]
+
+
 def model_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The model config inside a full (trainer) config, or the config itself if it is one."""
     return config.model if "model" in config else config

@@ -4,14 +4,19 @@ what a training run writes."""
 import json
 import os
 import pathlib
+import signal
 import socket
+import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from effnetx_jax.models import model_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # One model that holds every block type: s2d (d1, then its d2 continuation ending at a stride-2 stage),
 # fused, space-to-batch, conv type 1, MBConv with and without SE, ReLU and swish, skip and noskip.
@@ -74,6 +79,54 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def tool_process(module: str, *flags: str) -> subprocess.Popen:
+    """`python -m module flags...` from the repository root on the CPU, with its output captured."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-m", module, *flags]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_to_end(processes: list[subprocess.Popen], timeout_s: float) -> list[str]:
+    """Waits for every process (killing all on a timeout) and returns their stdouts; each must exit 0."""
+    try:
+        outputs = [process.communicate(timeout=timeout_s) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+    return [stdout for stdout, _ in outputs]
+
+
+def kill_once_one_trial_finished_and_one_runs(worker: subprocess.Popen, workdir, name: str, timeout_s: float):
+    """SIGKILLs a LACS or search worker in the middle of its second trial, as a lost machine would."""
+    from optuna.trial import TrialState
+
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (pathlib.Path(workdir) / "optuna.journal").exists():
+                states = [t.state for t in study_trials(workdir, name)]
+                if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                    break
+            assert worker.poll() is None, worker.communicate()[1][-3000:]
+            time.sleep(0.5)
+        worker.send_signal(signal.SIGKILL)
+    finally:
+        worker.kill()
+        worker.communicate()
+
+
+def study_trials(workdir, name: str):
+    """The trials of study `name` in the journal file of a LACS or search workdir."""
+    import optuna
+
+    from effnetx_jax import studies
+
+    storage = studies.open_storage(None, str(workdir))
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
 
 def read_jsonl(workdir):

@@ -3,12 +3,9 @@
 
 import itertools
 import json
-import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import ml_collections
 import optuna
@@ -19,7 +16,14 @@ from effnetx_jax.lacs import experiment, family, sweep
 from effnetx_jax.lacs.run import run_lacs
 from effnetx_jax.models import architecture, model_config
 
-from conftest import TWO_STAGE_BLOCKS, free_port
+from conftest import (
+    TWO_STAGE_BLOCKS,
+    free_port,
+    kill_once_one_trial_finished_and_one_runs,
+    run_to_end,
+    study_trials,
+    tool_process,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT = "experiments/lacs/digits_cpu.py"
@@ -226,9 +230,8 @@ def test_storage_url_must_be_a_database():
 # --- real sweeps -----------------------------------------------------------------------------------------
 
 
-def _trials(workdir, name="digits_cpu"):
-    storage = studies.open_storage(None, str(workdir))
-    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+def _trials(workdir):
+    return study_trials(workdir, "digits_cpu")
 
 
 def test_two_point_sweep_end_to_end_then_a_rerun_trains_nothing(data_dir, tmp_path):
@@ -287,17 +290,13 @@ def test_a_failing_point_is_recorded_with_its_error_and_the_sweep_goes_on(data_d
 
 
 def _worker(workdir, data_dir, grid, *flags):
-    command = [
-        sys.executable,
-        "-m",
+    return tool_process(
         "effnetx_jax.lacs",
         f"--config={EXPERIMENT}",
         f"--workdir={workdir}",
         *_overrides(data_dir, grid, target=1.25, tolerance=0.3),
         *flags,
-    ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )
 
 
 def _points_by_state(trials):
@@ -313,10 +312,7 @@ FOUR_POINTS = {"alpha": (1.0, 1.2), "beta": (1.0,), "gamma": (1.0, 1.1)}
 
 
 def test_two_workers_share_a_journal_and_split_the_grid(data_dir, tmp_path):
-    workers = [_worker(tmp_path, data_dir, FOUR_POINTS, "--poll_s=1") for _ in range(2)]
-    outputs = [worker.communicate(timeout=PROCESS_TIMEOUT_S) for worker in workers]
-    for worker, (_, stderr) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, stderr[-3000:]
+    outputs = run_to_end([_worker(tmp_path, data_dir, FOUR_POINTS, "--poll_s=1") for _ in range(2)], PROCESS_TIMEOUT_S)
     trials = _trials(tmp_path)
     by_state = _points_by_state(trials)
     grid = sorted((a, 1.0, g) for a in (1.0, 1.2) for g in (1.0, 1.1))
@@ -324,26 +320,15 @@ def test_two_workers_share_a_journal_and_split_the_grid(data_dir, tmp_path):
     assert by_state[optuna.trial.TrialState.COMPLETE] == grid
     owners = {t.user_attrs["worker"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert len(owners) == 2
-    evaluated = [int(stdout.split("this worker evaluated ")[1].split()[0]) for stdout, _ in outputs]
+    evaluated = [int(stdout.split("this worker evaluated ")[1].split()[0]) for stdout in outputs]
     assert sum(evaluated) == 4 and min(evaluated) >= 1
 
 
 def test_a_killed_workers_point_is_retried_and_finished_points_are_not(data_dir, tmp_path):
     grid = {"alpha": (1.0, 1.2), "beta": (1.0,), "gamma": (1.0,)}
-    first = _worker(tmp_path, data_dir, grid)
-    try:
-        deadline = time.monotonic() + PROCESS_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if (tmp_path / "optuna.journal").exists():
-                states = [t.state for t in _trials(tmp_path)]
-                if optuna.trial.TrialState.COMPLETE in states and optuna.trial.TrialState.RUNNING in states:
-                    break
-            assert first.poll() is None, first.communicate()[1][-3000:]
-            time.sleep(0.5)
-        first.send_signal(signal.SIGKILL)
-    finally:
-        first.kill()
-        first.communicate()
+    kill_once_one_trial_finished_and_one_runs(
+        _worker(tmp_path, data_dir, grid), tmp_path, "digits_cpu", PROCESS_TIMEOUT_S
+    )
     (done,) = _points_by_state(_trials(tmp_path))[optuna.trial.TrialState.COMPLETE]
 
     second = _worker(tmp_path, data_dir, grid, "--stale_after_s=2", "--heartbeat_s=0.5", "--poll_s=0.5")
@@ -362,27 +347,11 @@ def test_a_killed_workers_point_is_retried_and_finished_points_are_not(data_dir,
 def test_two_jax_processes_train_each_point_together_and_process_0_records_it(data_dir, tmp_path):
     grid = {"alpha": (1.2,), "beta": (1.0,), "gamma": (1.0,)}
     port = free_port()
-    workers = [
-        _worker(
-            tmp_path,
-            data_dir,
-            grid,
-            f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2",
-            f"--process_id={index}",
-            "--distributed_timeout_s=120",
-        )
-        for index in range(2)
-    ]
-    try:
-        outputs = [worker.communicate(timeout=PROCESS_TIMEOUT_S) for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
-    for worker, (_, stderr) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, stderr[-3000:]
-    assert "chosen alpha=1.2 beta=1 gamma=1" in outputs[0][0]
-    assert "chosen" not in outputs[1][0]  # process 1 neither records nor reports
+    flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--distributed_timeout_s=120"]
+    workers = [_worker(tmp_path, data_dir, grid, *flags, f"--process_id={index}") for index in range(2)]
+    outputs = run_to_end(workers, PROCESS_TIMEOUT_S)
+    assert "chosen alpha=1.2 beta=1 gamma=1" in outputs[0]
+    assert "chosen" not in outputs[1]  # process 1 neither records nor reports
     (trial,) = _trials(tmp_path)
     assert trial.state == optuna.trial.TrialState.COMPLETE
     # The proxy run was one run of two processes: its metrics were logged once, by process 0.

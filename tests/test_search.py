@@ -3,12 +3,9 @@ real searches of tiny models (in process, two worker processes sharing a journal
 
 import csv
 import dataclasses
+import json
 import os
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import ml_collections
 import numpy as np
@@ -22,7 +19,14 @@ from effnetx_jax.search import evolution, experiment, worker
 from effnetx_jax.search.run import run_search
 from effnetx_jax.search.space import InvalidCandidate, SearchSpace, canonical_key, default_choices
 
-from conftest import TWO_STAGE_BLOCKS
+from conftest import (
+    TWO_STAGE_BLOCKS,
+    free_port,
+    kill_once_one_trial_finished_and_one_runs,
+    run_to_end,
+    study_trials,
+    tool_process,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT = "experiments/search/digits_cpu.py"
@@ -216,6 +220,13 @@ def test_bad_experiment_configs_name_the_key(key, value, message):
         experiment.check_experiment(config)
 
 
+def test_missing_experiment_key_is_named():
+    config = _experiment()
+    del config.algorithm["population"]
+    with pytest.raises(ValueError, match=r"config.algorithm.population: missing; see experiments/search/digits_cpu.py"):
+        experiment.check_experiment(config)
+
+
 def test_a_space_without_a_valid_candidate_is_refused():
     config = _experiment()
     config.space.repeats = (-1,)  # every stage of the skeleton has one repeat
@@ -343,57 +354,33 @@ def test_the_references_are_queued_first_and_their_results_marked():
 
 
 def _worker(workdir, data_dir, max_trials, *flags):
-    command = [
-        sys.executable,
-        "-m",
+    return tool_process(
         "effnetx_jax.search",
         f"--config={EXPERIMENT}",
         f"--workdir={workdir}",
         *_overrides(data_dir, max_trials),
         *flags,
-    ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )
 
 
 def _trials(workdir):
-    storage = studies.open_storage(None, str(workdir))
-    return optuna.load_study(study_name="digits_cpu", storage=storage).get_trials(deepcopy=False)
+    return study_trials(workdir, "digits_cpu")
 
 
 def test_two_workers_share_a_journal_and_together_finish_the_budget(data_dir, tmp_path):
-    workers = [_worker(tmp_path, data_dir, 4, "--poll_s=1") for _ in range(2)]
-    try:
-        outputs = [w.communicate(timeout=PROCESS_TIMEOUT_S) for w in workers]
-    finally:
-        for w in workers:
-            w.kill()
-    for w, (_, stderr) in zip(workers, outputs, strict=True):
-        assert w.returncode == 0, stderr[-3000:]
+    outputs = run_to_end([_worker(tmp_path, data_dir, 4, "--poll_s=1") for _ in range(2)], PROCESS_TIMEOUT_S)
     trials = _trials(tmp_path)
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 4
     trained = [t for t in finished if worker.CACHED_KEY not in t.user_attrs]
     assert len({t.user_attrs[worker.CANONICAL_KEY] for t in trained}) == len(trained)
     assert len({t.user_attrs["worker"] for t in trained}) == 2  # both workers trained candidates
-    assert [o[0].count("] trial ") for o in outputs] != [0, 0]
+    assert sum(int(stdout.split("this worker trained ")[1].split()[0]) for stdout in outputs) == len(trained)
 
 
 def test_a_killed_workers_candidate_is_retried_with_the_same_decisions(data_dir, tmp_path):
     first = _worker(tmp_path, data_dir, 2)
-    try:
-        deadline = time.monotonic() + PROCESS_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if (tmp_path / "optuna.journal").exists():
-                states = [t.state for t in _trials(tmp_path)]
-                if TrialState.COMPLETE in states and TrialState.RUNNING in states:
-                    break
-            assert first.poll() is None, first.communicate()[1][-3000:]
-            time.sleep(0.5)
-        first.send_signal(signal.SIGKILL)
-    finally:
-        first.kill()
-        first.communicate()
+    kill_once_one_trial_finished_and_one_runs(first, tmp_path, "digits_cpu", PROCESS_TIMEOUT_S)
     (killed,) = [t for t in _trials(tmp_path) if t.state == TrialState.RUNNING]
 
     second = _worker(tmp_path, data_dir, 2, "--stale_after_s=2", "--heartbeat_s=0.5", "--poll_s=0.5")
@@ -406,3 +393,17 @@ def test_a_killed_workers_candidate_is_retried_with_the_same_decisions(data_dir,
     (retry,) = [t for t in trials if t.number > killed.number and t.state == TrialState.COMPLETE]
     assert retry.params == killed.params
     assert [row["status"] for row in _history(tmp_path)] == ["complete", "interrupted", "complete"]
+
+
+def test_two_jax_processes_train_each_candidate_together_and_process_0_records_it(data_dir, tmp_path):
+    port = free_port()
+    flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--distributed_timeout_s=120"]
+    workers = [_worker(tmp_path, data_dir, 1, *flags, f"--process_id={index}") for index in range(2)]
+    outputs = run_to_end(workers, PROCESS_TIMEOUT_S)
+    assert "best: trial 0" in outputs[0]
+    assert "best:" not in outputs[1]  # process 1 neither records nor reports
+    (trial,) = _trials(tmp_path)
+    assert trial.state == TrialState.COMPLETE
+    # The proxy run was one run of two processes: its metrics were logged once, by process 0.
+    (metrics,) = (tmp_path / "trials").rglob("metrics.jsonl")
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()].count(2) >= 1

@@ -24,7 +24,7 @@ import itertools
 
 import ml_collections
 
-from effnetx_jax import candidates
+from effnetx_jax import candidates, config_files
 
 COEFFICIENTS = ("alpha", "beta", "gamma")
 CONSTRAINTS = ("flops", "latency")
@@ -33,35 +33,29 @@ Point = tuple[float, float, float]
 
 
 def _fail(key: str, reason: str):
-    raise ValueError(f"config.{key}: {reason}")
-
-
-def _require(config, *keys: str) -> None:
-    for key in keys:
-        section = config
-        for part in key.split("."):
-            if not isinstance(section, ml_collections.ConfigDict) or part not in section:
-                _fail(key, "missing; see experiments/lacs/digits_cpu.py for every key of a LACS experiment")
-            section = section[part]
+    raise config_files.config_error(key, reason)
 
 
 def check_experiment(config: ml_collections.ConfigDict) -> None:
     """Every problem of the experiment config, named by its key, before anything is measured or trained."""
-    _require(
+    config_files.require_keys(
         config,
-        "name",
-        "seed",
-        "model",
-        *(f"grid.{name}" for name in COEFFICIENTS),
-        "constraint.kind",
-        "constraint.target",
-        "constraint.tolerance",
-        "objective.metric",
-        "objective.exponent",
-        "objective.target_latency_ms",
-        *(f"latency.{key}" for key in ("batch", "dtype", "mode", "steps", "warmup")),
-        "proxy",
-        *(f"family.{key}" for key in ("names", "phis", "dropout", "se_coefficient", "name_prefix", "trainer")),
+        (
+            "name",
+            "seed",
+            "model",
+            *(f"grid.{name}" for name in COEFFICIENTS),
+            "constraint.kind",
+            "constraint.target",
+            "constraint.tolerance",
+            "objective.metric",
+            "objective.exponent",
+            "objective.target_latency_ms",
+            *(f"latency.{key}" for key in ("batch", "dtype", "mode", "steps", "warmup")),
+            "proxy",
+            *(f"family.{key}" for key in ("names", "phis", "dropout", "se_coefficient", "name_prefix", "trainer")),
+        ),
+        "experiments/lacs/digits_cpu.py",
     )
     for name in COEFFICIENTS:
         values = config.grid[name]

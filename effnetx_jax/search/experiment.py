@@ -27,7 +27,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from effnetx_jax import candidates
+from effnetx_jax import candidates, config_files
 from effnetx_jax.models import registry
 from effnetx_jax.search.space import GLOBAL_CHOICES, STAGE_CHOICES, SearchSpace
 
@@ -35,34 +35,28 @@ ALGORITHMS = ("aging", "nsga2")
 
 
 def _fail(key: str, reason: str):
-    raise ValueError(f"config.{key}: {reason}")
-
-
-def _require(config, *keys: str) -> None:
-    for key in keys:
-        section = config
-        for part in key.split("."):
-            if not isinstance(section, ml_collections.ConfigDict) or part not in section:
-                _fail(key, "missing; see experiments/search/digits_cpu.py for every key of a search experiment")
-            section = section[part]
+    raise config_files.config_error(key, reason)
 
 
 def check_experiment(config: ml_collections.ConfigDict) -> None:
     """Every problem of the experiment config, named by its key, before anything is measured or trained."""
-    _require(
+    config_files.require_keys(
         config,
-        "name",
-        "seed",
-        "model",
-        "references",
-        *(f"space.{choice}" for choice in STAGE_CHOICES + GLOBAL_CHOICES),
-        *(f"algorithm.{key}" for key in ("kind", "population", "sample_size")),
-        "budget.max_trials",
-        "budget.max_hours",
-        *(f"objective.{key}" for key in ("metric", "exponent", "target_latency_ms")),
-        *(f"latency.{key}" for key in ("source", "batch", "dtype", "mode", "steps", "warmup")),
-        "proxy",
-        "final",
+        (
+            "name",
+            "seed",
+            "model",
+            "references",
+            *(f"space.{choice}" for choice in STAGE_CHOICES + GLOBAL_CHOICES),
+            *(f"algorithm.{key}" for key in ("kind", "population", "sample_size")),
+            "budget.max_trials",
+            "budget.max_hours",
+            *(f"objective.{key}" for key in ("metric", "exponent", "target_latency_ms")),
+            *(f"latency.{key}" for key in ("source", "batch", "dtype", "mode", "steps", "warmup")),
+            "proxy",
+            "final",
+        ),
+        "experiments/search/digits_cpu.py",
     )
     for choice in STAGE_CHOICES + GLOBAL_CHOICES:
         values = config.space[choice]

@@ -117,13 +117,18 @@ def _counts(trial) -> bool:
     return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL and studies.is_done(trial))
 
 
+def _decisions(trial) -> dict:
+    """A trial's decisions: its parameters, or for a queued trial the ones it was queued with."""
+    return trial.params or trial.system_attrs.get("fixed_params", {})
+
+
 def _requeue_interrupted(study: optuna.Study, trials) -> None:
-    """Queues the decisions of a dead worker's trial again, unless a later trial already has them."""
+    """Queues the decisions of a dead worker's trial again, unless a later trial has or will have them."""
     waiting_or_later = [t for t in trials if t.state == TrialState.WAITING or _counts(t)]
     for trial in trials:
         if trial.state != TrialState.FAIL or studies.is_done(trial) or not trial.params:
             continue
-        if not any(other.number > trial.number and other.params == trial.params for other in waiting_or_later):
+        if not any(other.number > trial.number and _decisions(other) == trial.params for other in waiting_or_later):
             study.enqueue_trial(trial.params, user_attrs=_reference_attr(trial))
             return
 
