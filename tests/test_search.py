@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import time
 
 import ml_collections
 import numpy as np
@@ -197,6 +198,23 @@ def test_the_sampler_draws_at_random_until_the_population_is_full_then_mutates_t
     # Stateless: another sampler object (another worker) proposes the same child for the same trial.
     again = evolution.AgingEvolutionSampler(space, population=3, sample_size=3, seed=0)
     assert again.sample_relative(study, trial, again.infer_relative_search_space(study, trial)) == child
+
+
+def test_the_budget_counts_finished_and_running_candidates_but_not_invalid_or_interrupted_ones():
+    config = _experiment(max_trials=3)
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(worker.STARTED_KEY, time.time())
+    study.tell(study.ask(), 0.5)  # trained (or cached)
+    study.tell(study.ask(), state=TrialState.PRUNED)  # invalid
+    studies.record_failure(study, study.ask(), "NonFiniteLossError: ...")  # failed: done for good
+    study.tell(study.ask(), state=TrialState.FAIL)  # interrupted: will be retried
+    assert worker.budget_spent(study, config, study.get_trials()) is None
+    study.ask()  # running
+    assert worker.budget_spent(study, config, study.get_trials()) == "3 candidates reached budget.max_trials=3"
+    config.budget.update(max_trials=0, max_hours=0.5)
+    assert worker.budget_spent(study, config, study.get_trials()) is None
+    study.set_user_attr(worker.STARTED_KEY, time.time() - 1800.5)
+    assert "budget.max_hours=0.5 has passed" in worker.budget_spent(study, config, study.get_trials())
 
 
 # --- configs, latency ---------------------------------------------------------------------------------------
