@@ -229,15 +229,21 @@ def _progress(study: optuna.Study, config, trial: optuna.Trial, outcome: dict, s
         return f"{head}: FAILED, {outcome['error']}"
     rewarded = [t for t in trials if t.state == TrialState.COMPLETE and "reward" in t.user_attrs]
     best = max(rewarded, key=lambda t: t.user_attrs["reward"])
-    per_candidate_s = (time.time() - started) / evaluated
-    eta = ""
-    if config.budget.max_trials:
-        eta = f", ETA {max(0, config.budget.max_trials - used) * per_candidate_s / 60:.0f} min"
     return (
         f"{head}: reward {outcome['reward']:.4f}, {config.objective.metric} {outcome['accuracy']:.4f}, "
         f"latency {outcome['latency_ms']:.3g} ms, {outcome['gflops']:.3g} GFLOPs; best {best.user_attrs['reward']:.4f} "
-        f"(trial {best.number}); {outcome['proxy_train_s']:.0f} s{eta}"
+        f"(trial {best.number}); {outcome['proxy_train_s']:.0f} s{_eta(study, config, used, started, evaluated)}"
     )
+
+
+def _eta(study: optuna.Study, config, used: int, started: float, evaluated: int) -> str:
+    """Time left at this worker's pace: the remaining trials, or the time budget if that ends first."""
+    left_s = []
+    if config.budget.max_trials:
+        left_s.append(max(0, config.budget.max_trials - used) * (time.time() - started) / evaluated)
+    if config.budget.max_hours:
+        left_s.append(max(0.0, study.user_attrs[STARTED_KEY] + config.budget.max_hours * 3600 - time.time()))
+    return f", ETA {min(left_s) / 60:.0f} min"
 
 
 def run_worker(config, workdir: str, study: optuna.Study | None, timing: studies.Timing, log=print) -> int:

@@ -1,0 +1,78 @@
+"""The best candidate of the architecture search `digits_cpu` (trial 31), with the experiment's final trainer config.
+
+  python train.py --config=THIS_FILE --workdir=...
+
+Search: python -m effnetx_jax.search --config=experiments/search/digits_cpu.py --workdir=experiments/search/results/digits_cpu
+Proxy eval/top1 0.9777, latency 5.85 ms (measured), 0.004071 GFLOPs, 979,562 parameters, reward 0.9768.
+Blocks: r2_k3_s11_e1_i32_o12_se0.25_d1_b2_a0, r2_k5_s22_e1_i12_o30_se0.25_f1_d2_a1, r1_k3_s22_e1_i30_o50_f1_a1, r2_k5_s22_e1_i50_o60_f1_a0, r2_k5_s11_e4_i60_o112_a0, r5_k5_s22_e1_i112_o144_a0, r1_k5_s11_e6_i144_o240_se0.25_f1_a0
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config():
+    return ml_collections.ConfigDict({
+        'batch_size': 64,
+        'bn_group_size': 0,
+        'checkpoint_every_epochs': 5.0,
+        'checkpoint_every_steps': 0,
+        'data': ml_collections.ConfigDict({
+            'aspect_ratio_range': (0.75, 1.3333333333333333),
+            'crop_area_range': (0.7, 1.0),
+            'eval_crop_fraction': 1.0,
+            'mean': (127.5, 127.5, 127.5),
+            'num_workers': 0,
+            'prefetch_buffer_size': 2,
+            'random_flip': False,
+            'std': (127.5, 127.5, 127.5),
+        }),
+        'data_dir': placeholder(str),
+        'dataset': 'digits',
+        'ema_decay': 0.99,
+        'eval_batch_size': 128,
+        'eval_every_epochs': 5.0,
+        'eval_every_steps': 0,
+        'eval_split': 'test',
+        'fsdp_size': 1,
+        'keep_checkpoints': 2,
+        'label_smoothing': 0.1,
+        'learning_rate': 0.064,
+        'log_every_steps': 20,
+        'lr_decay_epochs': 2.4,
+        'lr_decay_factor': 0.97,
+        'lr_schedule': 'cosine',
+        'model': ml_collections.ConfigDict({
+            'activation': 'relu',
+            'blocks': ('r2_k3_s11_e1_i32_o12_se0.25_d1_b2_a0', 'r2_k5_s22_e1_i12_o30_se0.25_f1_d2_a1', 'r1_k3_s22_e1_i30_o50_f1_a1', 'r2_k5_s22_e1_i50_o60_f1_a0', 'r2_k5_s11_e4_i60_o112_a0', 'r5_k5_s22_e1_i112_o144_a0', 'r1_k5_s11_e6_i144_o240_se0.25_f1_a0'),
+            'bn_epsilon': 0.001,
+            'bn_momentum': 0.9,
+            'depth': 0.5,
+            'depth_divisor': 8,
+            'depthwise_impl': 'auto',
+            'drop_path': 0.1,
+            'dropout': 0.1,
+            'dtype': 'float32',
+            'head_filters': 256,
+            'min_depth': 0,
+            'name': 'digits_cpu-best',
+            'num_classes': 10,
+            'resolution': 32,
+            'se_coefficient': 4.0,
+            'stage_activations': (),
+            'stage_conv_types': (),
+            'stem_filters': 32,
+            'use_se': True,
+            'width': 0.5,
+        }),
+        'momentum': 0.9,
+        'optimizer': 'rmsprop',
+        'rmsprop_decay': 0.9,
+        'rmsprop_epsilon': 0.001,
+        'seed': 0,
+        'total_epochs': 15.0,
+        'total_steps': placeholder(int),
+        'train_split': 'train',
+        'warmup_epochs': 1.0,
+        'weight_decay': 1e-05,
+    })
