@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from effnetx_jax import candidates, config_files, studies
 from effnetx_jax.models import architecture, model_config
 from effnetx_jax.search import evolution, experiment, worker
-from effnetx_jax.search.run import run_search
+from effnetx_jax.search.run import open_search_study, run_search
 from effnetx_jax.search.space import InvalidCandidate, SearchSpace, canonical_key, default_choices
 
 from conftest import (
@@ -341,6 +341,21 @@ def test_identical_architectures_are_trained_once_and_nsga2_records_two_objectiv
     )
     assert [len(t.values) for t in trials] == [2, 2, 2]  # accuracy and latency
     assert trials[0].values == [float(history[0]["accuracy"]), float(history[0]["latency_ms"])]
+
+
+def test_an_invalid_candidate_is_rejected_with_its_reason_before_training(data_dir, tmp_path):
+    config = _experiment(data_dir, max_trials=1)
+    study = open_search_study(config, studies.open_storage(None, str(tmp_path)))
+    valid = experiment.space_of(config).random(np.random.default_rng(0))
+    study.enqueue_trial({**valid, "stage2_repeats": -1})  # e.g. queued by hand or by NSGA-II's crossover
+    lines = []
+    run_search(config, str(tmp_path), command="test", log=lines.append)
+    history = _history(tmp_path)
+    assert [row["status"] for row in history] == ["invalid", "complete"]
+    assert history[0]["note"] == "stage2_repeats=-1: stage 2 has 1 repeat(s), and a stage needs at least one"
+    assert history[0]["accuracy"] == "" and len(list((tmp_path / "trials").iterdir())) == 1
+    assert lines[0].startswith("trial 0: invalid, stage2_repeats=-1")
+    assert "stage2_repeats=-1" in (tmp_path / "report.md").read_text()
 
 
 def test_a_failing_candidate_is_recorded_with_its_error_and_the_search_goes_on(data_dir, tmp_path):
