@@ -23,6 +23,7 @@ import numpy as np
 
 from effnetx_jax.models import architecture, block_string
 from effnetx_jax.models.block_string import BlockArgs
+from effnetx_jax.models.config import decode_stages
 
 STAGE_CHOICES = ("conv", "kernel", "expand", "activation", "se", "repeats", "width")
 GLOBAL_CHOICES = ("space_to_depth", "space_to_batch", "se_coefficient")
@@ -119,8 +120,6 @@ class SearchSpace:
     def from_model(self, model: ml_collections.ConfigDict) -> dict:
         """The decisions that describe `model` (a model of this skeleton); `to_model` of them builds the
         same architecture. Raises `InvalidCandidate` if the model lies outside the space."""
-        from effnetx_jax.models.config import decode_stages
-
         stages = decode_stages(model)
         if len(stages) != len(self.stages):
             raise InvalidCandidate(f"the model has {len(stages)} stages, the skeleton {len(self.stages)}")
