@@ -110,11 +110,14 @@ def budget_spent(study: optuna.Study, config, trials) -> str | None:
     return None
 
 
+def _finished(trial) -> bool:
+    """Trained, cached or failed for good: done, and not merely rejected (invalid) or skipped."""
+    return studies.is_done(trial) and trial.state != TrialState.PRUNED
+
+
 def _counts(trial) -> bool:
-    """Whether a trial uses the budget: finished (trained, cached or failed) or running."""
-    if trial.state == TrialState.RUNNING:
-        return True
-    return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL and studies.is_done(trial))
+    """Whether a trial uses the budget: finished or running."""
+    return trial.state == TrialState.RUNNING or _finished(trial)
 
 
 def _decisions(trial) -> dict:
@@ -144,7 +147,7 @@ def _answer_without_training(study: optuna.Study, config, trial: optuna.Trial, k
         for t in study.get_trials(deepcopy=False)
         if t.number != trial.number and t.user_attrs.get(CANONICAL_KEY) == key
     ]
-    finished = [t for t in same if t.state != TrialState.RUNNING and _counts(t)]
+    finished = [t for t in same if _finished(t)]
     if finished:
         source = finished[0]
         trial.set_user_attr(CACHED_KEY, source.number)
