@@ -101,15 +101,23 @@ def run_to_end(processes: list[subprocess.Popen], timeout_s: float) -> list[str]
 
 
 def kill_once_one_trial_finished_and_one_runs(worker: subprocess.Popen, workdir, name: str, timeout_s: float):
-    """SIGKILLs a LACS or search worker in the middle of its second trial, as a lost machine would."""
+    """SIGKILLs a LACS or search worker while it trains its second trial, as a lost machine would.
+
+    "Trains" means the running trial has its first heartbeat: the worker has finished choosing it.
+    """
     from optuna.trial import TrialState
+
+    from effnetx_jax import studies
 
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if (pathlib.Path(workdir) / "optuna.journal").exists():
-                states = [t.state for t in study_trials(workdir, name)]
-                if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                trials = study_trials(workdir, name)
+                training = [
+                    t for t in trials if t.state == TrialState.RUNNING and studies.HEARTBEAT_KEY in t.user_attrs
+                ]
+                if training and any(t.state == TrialState.COMPLETE for t in trials):
                     break
             assert worker.poll() is None, worker.communicate()[1][-3000:]
             time.sleep(0.5)

@@ -217,6 +217,23 @@ def test_the_budget_counts_finished_and_running_candidates_but_not_invalid_or_in
     assert "budget.max_hours=0.5 has passed" in worker.budget_spent(study, config, study.get_trials())
 
 
+def test_an_interrupted_candidate_is_queued_again_only_if_it_was_complete_and_not_yet_queued():
+    space = _b0_space()
+    study = optuna.create_study(direction="maximize")
+    decided = study.ask()
+    for name, choices in space.decisions().items():
+        decided.suggest_categorical(name, choices)
+    decided.set_user_attr(worker.CANONICAL_KEY, "abc")  # the candidate was complete: training had started
+    partial = study.ask()
+    partial.suggest_categorical("stage1_conv", ["depthwise", "fused"])  # died while the sampler decided
+    for trial in (decided, partial):
+        study.tell(trial, state=TrialState.FAIL)
+    worker._requeue_interrupted(study, study.get_trials())
+    worker._requeue_interrupted(study, study.get_trials())  # already queued: not a second time
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.system_attrs["fixed_params"] == decided.params
+
+
 # --- configs, latency ---------------------------------------------------------------------------------------
 
 

@@ -126,10 +126,14 @@ def _decisions(trial) -> dict:
 
 
 def _requeue_interrupted(study: optuna.Study, trials) -> None:
-    """Queues the decisions of a dead worker's trial again, unless a later trial has or will have them."""
+    """Queues the decisions of a dead worker's trial again, unless a later trial has or will have them.
+
+    Only a trial whose candidate was complete (it has a canonical key) is queued again: a worker that
+    died while the sampler was still deciding left a partial candidate, and the sampler proposes anew.
+    """
     waiting_or_later = [t for t in trials if t.state == TrialState.WAITING or _counts(t)]
     for trial in trials:
-        if trial.state != TrialState.FAIL or studies.is_done(trial) or not trial.params:
+        if trial.state != TrialState.FAIL or studies.is_done(trial) or CANONICAL_KEY not in trial.user_attrs:
             continue
         if not any(other.number > trial.number and _decisions(other) == trial.params for other in waiting_or_later):
             study.enqueue_trial(trial.params, user_attrs=_reference_attr(trial))
