@@ -58,7 +58,15 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     config.data.crop_area_range = (0.08, 1.0)
     config.data.aspect_ratio_range = (3 / 4, 4 / 3)
     config.data.random_flip = True
-    config.data.eval_crop_fraction = 0.875
+    # The paper-era reference crops R / (R + 32) of the shorter side (0.875 at 224, 0.949 at 600);
+    # the reference switched to a fixed 0.875 in Nov 2021. Set after changing the resolution.
+    config.data.eval_crop_fraction = eval_crop_fraction(config.model.resolution)
+    # "bicubic" (half-pixel grid, fast) or "bicubic_tf1" (TF1 resize_bicubic's grid, exact, slower).
+    config.data.resize = "bicubic"
+    # "" (none, the reference's default), "randaugment", "randaugment(N,M)", "autoaugment(v0)".
+    config.data.augment = ""
+    config.data.mixup_alpha = 0.0  # > 0: mixup with lambda ~ Beta(alpha, alpha)
+    config.data.cutmix_alpha = 0.0  # > 0: CutMix; with mixup too, one of the two per batch
 
     config.log_every_steps = 100
     config.eval_every_steps = placeholder(int)
@@ -67,6 +75,11 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     config.checkpoint_every_epochs = placeholder(float)
     config.keep_checkpoints = 3
     return config
+
+
+def eval_crop_fraction(resolution: int, padding: int = 32) -> float:
+    """The paper-era reference's centre crop: `resolution / (resolution + padding)` of the shorter side."""
+    return resolution / (resolution + padding)
 
 
 FAMILY_PREFIXES = {

@@ -2,14 +2,15 @@
 
 import collections
 import hashlib
+import io
 
-import grain
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from effnetx_jax import data
-from effnetx_jax.data import pipeline, preprocessing
+from effnetx_jax.data import preprocessing, sources
 
 RESOLUTION = 16
 NUM_TRAIN, NUM_TEST = 1438, 359
@@ -44,6 +45,8 @@ def make_config(data_dir, **overrides):
                 "prefetch_buffer_size": 8,
                 "mean": data.MEAN_RGB,
                 "std": data.STDDEV_RGB,
+                "augment": "",
+                "resize": "bicubic",
                 "crop_area_range": (0.5, 1.0),
                 "aspect_ratio_range": (3 / 4, 4 / 3),
                 "random_flip": False,
@@ -108,36 +111,84 @@ def test_digits_are_stratified_real_images(data_dir, split):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_crop_boxes():
+def test_crop_boxes_are_whole_pixels_inside_the_image_and_cover_a_tenth():
     rng = np.random.default_rng(0)
-    assert preprocessing.centre_crop_box(8, 12, 0.5) == (4.0, 2.0, 8.0, 6.0)
-    for _ in range(100):
-        left, top, right, bottom = preprocessing.sample_crop_box(8, 12, rng, (0.08, 1.0), (3 / 4, 4 / 3))
+    assert preprocessing.centre_crop_box(8, 12, 0.5) == (4, 2, 8, 6)
+    assert preprocessing.centre_crop_box(375, 500, 224 / 256) == (86, 24, 414, 352)  # side int(0.875 * 375) = 328
+    for _ in range(200):
+        box = preprocessing.sample_distorted_box(8, 12, rng, (0.08, 1.0), (3 / 4, 4 / 3))
+        left, top, right, bottom = box
+        assert all(isinstance(v, int) for v in box)
         assert 0 <= left < right <= 12 and 0 <= top < bottom <= 8
-        assert 0.08 * 96 - 1e-9 <= (right - left) * (bottom - top) <= 96 + 1e-9
-    # The whole area at aspect 2 never fits a square image: the caller falls back to the centre crop.
-    assert preprocessing.sample_crop_box(8, 8, rng, (1.0, 1.0), (2.0, 2.0)) is None
+        assert 0.1 * 96 <= (right - left) * (bottom - top) <= 96  # min_object_covered 0.1 is above 0.08
+    # No attempt can fit the whole area at aspect 2 in a square: TF returns the whole image, and the
+    # reference's training crop then takes the evaluation centre crop.
+    assert preprocessing.sample_distorted_box(8, 8, rng, (1.0, 1.0), (2.0, 2.0)) == (0, 0, 8, 8)
+    crops = preprocessing.CropSettings((1.0, 1.0), (2.0, 2.0), eval_crop_fraction=0.5, random_flip=False)
+    assert preprocessing.train_crop_box(8, 8, rng, crops) == (2, 2, 6, 6)
+
+
+@pytest.mark.parametrize(("height", "width"), [(8, 8), (50, 120), (375, 500)])
+def test_crop_boxes_follow_tensorflows_distribution(height, width):
+    """Boxes have the distribution of `tf.image.sample_distorted_bounding_box` with the reference's
+    arguments (TF draws from its own generator: the same law, not the same values)."""
+    import tensorflow as tf
+    from scipy import stats
+
+    count = 1500
+    rng = np.random.default_rng(0)
+    ours = np.array(
+        [preprocessing.sample_distorted_box(height, width, rng, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(count)]
+    )
+    theirs = []
+    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4])
+    for index in range(count):
+        begin, size, _ = tf.compat.v1.image.sample_distorted_bounding_box(
+            [height, width, 3],
+            whole_image,
+            seed=1,
+            seed2=index,
+            min_object_covered=0.1,
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(0.08, 1.0),
+            max_attempts=10,
+        )
+        top, left = int(begin[0]), int(begin[1])
+        theirs.append((left, top, left + int(size[1]), top + int(size[0])))
+    theirs = np.array(theirs)
+    for name, column in [
+        ("width", lambda b: b[:, 2] - b[:, 0]),
+        ("height", lambda b: b[:, 3] - b[:, 1]),
+        ("left", lambda b: b[:, 0]),
+    ]:
+        assert stats.ks_2samp(column(ours), column(theirs)).pvalue > 0.01, name
+    whole = [np.mean((b[:, 2] - b[:, 0] == width) & (b[:, 3] - b[:, 1] == height)) for b in (ours, theirs)]
+    assert abs(whole[0] - whole[1]) < 0.02
 
 
 def test_flip_only_when_asked(data_dir):
-    example = {"image": np.arange(8 * 8, dtype=np.uint8).reshape(8, 8, 1), "label": 3}
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:, :4] = 255  # left half white
+    record = {"image": _png(image), "label": 3, "index": 0, "epoch": 0}
 
-    def views(random_flip):
-        config = make_config(data_dir, **WHOLE_IMAGE, **{"data.random_flip": random_flip})
-        transforms = preprocessing.train_transforms(config)
-        outputs = []
+    def outputs(random_flip):
+        images = []
         for seed in range(20):
-            out, rng = example, np.random.default_rng(seed)
-            for transform in transforms:
-                is_random = isinstance(transform, grain.transforms.RandomMap)
-                out = transform.random_map(out, rng) if is_random else transform.map(out)
-            outputs.append(out["image"])
-        return outputs
+            config = make_config(data_dir, seed=seed, **WHOLE_IMAGE, **{"data.random_flip": random_flip})
+            images.append(preprocessing.train_view(config).map(record)["image"])
+        return images
 
-    unflipped = views(False)[0]
-    assert all(np.array_equal(image, unflipped) for image in views(False))
-    flips = [np.array_equal(image, unflipped[:, ::-1]) for image in views(True)]
+    unflipped = outputs(False)[0]
+    assert unflipped[:, 0].min() > 200 and unflipped[:, -1].max() < 50
+    assert all(np.array_equal(image, unflipped) for image in outputs(False))
+    flips = [np.array_equal(image, unflipped[:, ::-1]) for image in outputs(True)]
     assert 0 < sum(flips) < len(flips)
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,12 +198,12 @@ def test_flip_only_when_asked(data_dir):
 
 def test_train_batches_shapes_and_values(data_dir):
     batch = next(iter(data.train_loader(make_config(data_dir))))
-    assert batch["image"].shape == (32, RESOLUTION, RESOLUTION, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (32, RESOLUTION, RESOLUTION, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
     assert set(batch["label"]) <= set(range(10))
-    # Normalised with the ImageNet statistics: black background is about -2, ink reaches above 2.
-    assert np.isfinite(batch["image"]).all()
-    assert -2.2 < batch["image"].min() < -1.7 and batch["image"].max() > 2.0
+    assert batch["image"].min() == 0 and batch["image"].max() == 255  # black background, white ink
+    np.testing.assert_array_equal(batch["mask"], np.ones(32, np.float32))
+    np.testing.assert_array_equal(batch["skipped"], np.zeros(32, np.float32))
 
 
 def test_train_batches_deterministic_per_seed(data_dir):
@@ -303,4 +354,4 @@ def test_dataset_in_tfrecord_asks_for_array_record(tmp_path):
     tfds.builder("digits", data_dir=str(tmp_path), file_format="tfrecord").download_and_prepare(file_format="tfrecord")
     expected = r"as tfrecord, .* need array_record .* `tfds convert_format --dataset_version_dir=.*digits/\d+\.\d+\.\d+"
     with pytest.raises(ValueError, match=expected):
-        pipeline.ensure_prepared("digits", str(tmp_path))
+        sources.ensure_prepared("digits", str(tmp_path))

@@ -4,8 +4,9 @@ The digits builder lives in `effnetx_jax.data.digits` and is imported on demand,
 tensorflow_datasets takes seconds.
 """
 
-from effnetx_jax.data.pipeline import DatasetInfo, dataset_info, ensure_prepared, eval_batches, train_loader
-from effnetx_jax.data.preprocessing import MEAN_RGB, STDDEV_RGB, eval_transforms, train_transforms
+from effnetx_jax.data.pipeline import DatasetInfo, dataset_info, eval_batches, train_loader
+from effnetx_jax.data.preprocessing import MEAN_RGB, STDDEV_RGB
+from effnetx_jax.data.sources import ensure_prepared
 
 __all__ = [
     "MEAN_RGB",
@@ -14,7 +15,5 @@ __all__ = [
     "dataset_info",
     "ensure_prepared",
     "eval_batches",
-    "eval_transforms",
     "train_loader",
-    "train_transforms",
 ]

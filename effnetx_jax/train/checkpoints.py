@@ -10,17 +10,23 @@ import orbax.checkpoint as ocp
 
 
 class Checkpoints:
-    """`workdir/checkpoints/<step>/{state,data,run}`; keeps the last `keep`.
+    """`workdir/checkpoints/<step>/{state,data,run}`, written by the trainer and read by it and by evaluation.
 
     `data` holds each process's Grain iterator state and `run` the number of processes that wrote it.
     """
 
-    def __init__(self, workdir: str, keep: int):
+    def __init__(self, workdir: str, keep: int | None = None, *, read_only: bool = False):
+        """Keeps the last `keep` checkpoints (None: all). `read_only` (evaluation): orbax saves, deletes and
+        cleans up nothing and creates no directory."""
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         # Handlers named up front, so a new process can read an existing checkpoint's metadata.
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=options,
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler(),
@@ -42,21 +48,40 @@ class Checkpoints:
             force=True,
         )
 
+    def resolve_step(self, step: int | None) -> int:
+        """`step`, or the latest step when None; an error that names the directory if there is no such checkpoint."""
+        steps = sorted(self.manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(
+                f"no checkpoint in {self.directory}: train.py writes them there when given this --workdir"
+            )
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise ValueError(
+                f"no checkpoint at step {step} in {self.directory}; available steps: {', '.join(map(str, steps))}"
+            )
+        return step
+
     def restore(self, step: int, abstract_state, data_iterator):
-        """Restores into the shardings of `abstract_state`; refuses a checkpoint of another model.
+        """Restores the state (see `restore_state`) and, where it fits, the input position into `data_iterator`.
 
         Returns the state and whether `data_iterator` was restored too: the per-process iterator
         states only fit a run with as many processes as the one that saved them.
         """
-        self._check_compatible(step, abstract_state)
+        state = self.restore_state(step, abstract_state)
         saved_processes = self.manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run[
             "process_count"
         ]
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if saved_processes == jax.process_count():
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored.state, "data" in items
+        if saved_processes != jax.process_count():
+            return state, False
+        self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        return state, True
+
+    def restore_state(self, step: int, abstract_state):
+        """The train state alone, in the shardings of `abstract_state`; refuses a checkpoint of another model."""
+        self._check_compatible(step, abstract_state)
+        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
 
     def _check_compatible(self, step: int, abstract_state) -> None:
         saved = dict(_shapes(self.manager.item_metadata(step).state))
@@ -72,7 +97,7 @@ class Checkpoints:
             listed = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
             raise ValueError(
                 f"the checkpoint at step {step} in {self.directory} was written for another config: {listed}. "
-                "Use a new --workdir for a different model."
+                "Use the config it was trained with, or a new --workdir for another model."
             )
 
     def wait(self) -> None:

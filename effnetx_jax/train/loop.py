@@ -7,18 +7,17 @@ import os
 import time
 
 import jax
-import numpy as np
 from absl import logging
 from clu import parameter_overview, periodic_actions
 
 from effnetx_jax import data
-from effnetx_jax.models import create_model
-from effnetx_jax.train import multihost, optim, sharding
+from effnetx_jax.train import multihost
 from effnetx_jax.train.checkpoints import Checkpoints
-from effnetx_jax.train.plan import bn_groups, check_config, make_plan
+from effnetx_jax.train.components import build_components
+from effnetx_jax.train.evaluation import make_evaluator
 from effnetx_jax.train.reporting import MetricsLog, write_config
 from effnetx_jax.train.state import create_train_state
-from effnetx_jax.train.steps import make_eval_step, make_train_step
+from effnetx_jax.train.steps import make_train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -32,12 +31,6 @@ def _train_iterator(config, start_step: int = 0):
     return iter(loader)
 
 
-def _global_batch(local_batch: dict, sharding) -> dict:
-    return {
-        key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in local_batch.items()
-    }
-
-
 def _check_finite(state) -> None:
     bad_step = int(state.nonfinite_step)
     if bad_step >= 0:
@@ -47,34 +40,21 @@ def _check_finite(state) -> None:
         )
 
 
-def _evaluate(eval_step, state, config, batch_sharding) -> dict:
-    collected = None
-    for local_batch in data.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count()):
-        batch_metrics = eval_step(state, _global_batch(local_batch, batch_sharding))
-        collected = batch_metrics if collected is None else collected.merge(batch_metrics)
-    return {f"eval/{key}": value for key, value in collected.compute().items()}
-
-
 def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final metrics."""
-    info = data.dataset_info(config)  # prepares the bundled digits dataset on first use
-    check_config(config, info.num_classes)
-    multihost.check_same_config(config)
-    plan = make_plan(config, info.num_train)
+    components = build_components(config)
+    plan = components.plan
     os.makedirs(workdir, exist_ok=True)
     write_config(workdir, config)
 
-    mesh = sharding.make_mesh(config.fsdp_size)
-    batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    model = create_model(config.model, bn_groups=bn_groups(config))
-    tx, schedule = optim.create_optimizer(config, plan.steps_per_epoch, plan.total_steps)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    image_shape = (config.model.resolution, config.model.resolution, 3)
-    state, state_sharding = create_train_state(model, tx, init_rng, image_shape, mesh)
+    state, state_sharding = create_train_state(
+        components.model, components.tx, init_rng, components.image_shape, components.mesh
+    )
 
     train_iter = _train_iterator(config)
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
@@ -93,12 +73,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         parameter_overview.log_parameter_overview(state.params)
 
     train_step = jax.jit(
-        make_train_step(model, tx, schedule, config),
-        in_shardings=(state_sharding, batch_sharding, replicated),
-        out_shardings=(state_sharding, replicated),
+        make_train_step(components.model, components.tx, components.schedule, config),
+        in_shardings=(state_sharding, components.batch_sharding, components.replicated),
+        out_shardings=(state_sharding, components.replicated),
         donate_argnums=0,
     )
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
+    evaluate = make_evaluator(components, state_sharding)
 
     log = MetricsLog(workdir)
     report_progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=log.writer)
@@ -112,7 +92,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ):
         for step in range(start_step + 1, plan.total_steps + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                batch = _global_batch(next(train_iter), batch_sharding)
+                batch = components.global_batch(next(train_iter))
                 state, batch_metrics = train_step(state, batch, train_rng)
             train_metrics = batch_metrics if train_metrics is None else train_metrics.merge(batch_metrics)
             window_steps += 1
@@ -127,7 +107,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if _due(step, plan.eval_every, plan.total_steps):
                 _check_finite(state)
                 with report_progress.timed("eval"):
-                    eval_scalars = _evaluate(eval_step, state, config, batch_sharding)
+                    eval_scalars = {f"eval/{key}": value for key, value in evaluate(state).compute().items()}
                 final.update(log.write(step, eval_scalars))
                 window_start = time.perf_counter()
             stop = preempted(step)

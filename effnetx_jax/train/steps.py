@@ -1,4 +1,9 @@
-"""The jitted train and eval steps, and the clu metric collections they produce."""
+"""The jitted train and eval steps, and the clu metric collections they produce.
+
+Batches arrive as the input pipeline makes them (uint8 images); the steps normalise them with
+`config.data.mean`/`std`, as the reference's `model_fn` does, so hosts send a quarter of the bytes.
+Examples with `mask` 0 (evaluation padding, images that could not be decoded) do not count.
+"""
 
 import flax
 import jax
@@ -6,8 +11,25 @@ import jax.numpy as jnp
 import optax
 from clu import metrics
 
-from effnetx_jax.train import optim
+from effnetx_jax.train import mixing, optim
 from effnetx_jax.train.state import TrainState
+
+
+@flax.struct.dataclass
+class Sum(metrics.Metric):
+    """The sum of a per-example output over every batch (a count, for 0/1 values)."""
+
+    total: jax.Array
+
+    @classmethod
+    def from_model_output(cls, values, **_):
+        return cls(total=jnp.sum(values))
+
+    def merge(self, other):
+        return type(self)(total=self.total + other.total)
+
+    def compute(self):
+        return self.total
 
 
 @flax.struct.dataclass
@@ -16,6 +38,7 @@ class TrainMetrics(metrics.Collection):
     cross_entropy: metrics.Average.from_output("cross_entropy")
     top1: metrics.Average.from_output("top1")
     lr: metrics.LastValue.from_output("lr")
+    skipped_images: Sum.from_output("skipped")
 
 
 @flax.struct.dataclass
@@ -26,6 +49,14 @@ class EvalMetrics(metrics.Collection):
     ema_loss: metrics.Average.from_output("ema_loss")
     ema_top1: metrics.Average.from_output("ema_top1")
     ema_top5: metrics.Average.from_output("ema_top5")
+    examples: Sum.from_output("mask")
+    skipped_images: Sum.from_output("skipped")
+
+
+def normalize(images, config) -> jax.Array:
+    """uint8 (or already float) images -> float32 `(x - mean) / std` with `config.data`'s statistics."""
+    mean, std = (jnp.asarray(config.data[key], jnp.float32) for key in ("mean", "std"))
+    return (images.astype(jnp.float32) - mean) / std
 
 
 def _top_k_correct(logits, labels, k: int):
@@ -37,19 +68,29 @@ def make_train_step(model, tx, schedule, config):
     num_classes = config.model.num_classes
 
     def train_step(state: TrainState, batch, rng):
-        rng = jax.random.fold_in(rng, state.step)
+        dropout_rng, mix_rng = jax.random.split(jax.random.fold_in(rng, state.step))
         decay_mask = optim.weight_decay_mask(state.params)
+        images, targets = mixing.mix_batch(
+            normalize(batch["image"], config),
+            batch["label"],
+            num_classes,
+            config.label_smoothing,
+            mix_rng,
+            mixup_alpha=config.data.mixup_alpha,
+            cutmix_alpha=config.data.cutmix_alpha,
+        )
+        mask = batch["mask"]
 
         def loss_fn(params):
             logits, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
-                batch["image"],
+                images,
                 train=True,
-                rngs={"dropout": rng},
+                rngs={"dropout": dropout_rng},
                 mutable=["batch_stats"],
             )
-            targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), config.label_smoothing)
-            cross_entropy = optax.softmax_cross_entropy(logits, targets).mean()
+            per_example = optax.softmax_cross_entropy(logits, targets)
+            cross_entropy = jnp.sum(mask * per_example) / jnp.maximum(jnp.sum(mask), 1.0)
             loss = cross_entropy + config.weight_decay * optim.l2_penalty(params, decay_mask)
             return loss, (cross_entropy, logits, updates["batch_stats"])
 
@@ -76,15 +117,18 @@ def make_train_step(model, tx, schedule, config):
             cross_entropy=cross_entropy,
             top1=_top_k_correct(logits, batch["label"], 1),
             lr=schedule(state.step),
+            skipped=batch["skipped"],
+            mask=mask,
         )
         return new_state, batch_metrics
 
     return train_step
 
 
-def make_eval_step(model):
+def make_eval_step(model, config):
     def outputs(params, batch_stats, batch):
-        logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
+        images = normalize(batch["image"], config)
+        logits = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         return loss, _top_k_correct(logits, batch["label"], 1), _top_k_correct(logits, batch["label"], 5)
 
@@ -92,7 +136,14 @@ def make_eval_step(model):
         loss, top1, top5 = outputs(state.params, state.batch_stats, batch)
         ema_loss, ema_top1, ema_top5 = outputs(state.ema_params, state.ema_batch_stats, batch)
         return EvalMetrics.single_from_model_output(
-            loss=loss, top1=top1, top5=top5, ema_loss=ema_loss, ema_top1=ema_top1, ema_top5=ema_top5, mask=batch["mask"]
+            loss=loss,
+            top1=top1,
+            top5=top5,
+            ema_loss=ema_loss,
+            ema_top1=ema_top1,
+            ema_top5=ema_top5,
+            skipped=batch["skipped"],
+            mask=batch["mask"],
         )
 
     return eval_step

@@ -1,0 +1,113 @@
+"""tf.data doing the reference's preprocessing, the anchor for `python -m effnetx_jax.data.bench`.
+
+    python benchmarks/tfdata_preprocess.py [--data_dir=DIR] [--dataset=synthetic_imagenet/bench]
+
+Reads the same JPEG bytes as the bench (from the same TFDS array_record files, into memory first so
+that only preprocessing is timed) and runs, with TF ops on one core (a private thread pool of one
+thread, `num_parallel_calls=1`, intra/inter-op parallelism 1):
+- train: `sample_distorted_bounding_box` (min object covered 0.1, aspect 3/4..4/3, area 0.08..1,
+  10 attempts) -> `decode_and_crop_jpeg` (only the crop's blocks are decoded), the centre crop when
+  the box is the whole image, TF1's `resize_bicubic` to the resolution, random left-right flip;
+- eval: `decode_and_crop_jpeg` of the centre `R / (R + 32)` square -> `resize_bicubic`;
+then batches as the bench does and prints images/s, and the ratio of the bench's numbers if given
+with `--ours_train` / `--ours_eval`. Written for this comparison from the documented behaviour of
+the reference's `preprocessing.py`; TF outputs float32 images (our pipeline: uint8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def _centre_crop_window(shape, resolution: int, tf):
+    height, width = shape[0], shape[1]
+    side = tf.cast(resolution / (resolution + 32) * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+    return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
+
+
+def _resize(image, resolution: int, tf):
+    return tf.compat.v1.image.resize_bicubic([image], [resolution, resolution])[0]
+
+
+def train_preprocess(resolution: int, tf):
+    def preprocess(data):
+        shape = tf.image.extract_jpeg_shape(data)
+        begin, size, _ = tf.image.sample_distorted_bounding_box(
+            shape,
+            bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+            min_object_covered=0.1,
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(0.08, 1.0),
+            max_attempts=10,
+        )
+        whole = tf.reduce_all(tf.equal(size, shape))
+        window = tf.where(
+            whole, _centre_crop_window(shape, resolution, tf), tf.stack([begin[0], begin[1], size[0], size[1]])
+        )
+        image = _resize(tf.image.decode_and_crop_jpeg(data, window, channels=3), resolution, tf)
+        return tf.image.random_flip_left_right(image)
+
+    return preprocess
+
+
+def eval_preprocess(resolution: int, tf):
+    def preprocess(data):
+        window = _centre_crop_window(tf.image.extract_jpeg_shape(data), resolution, tf)
+        return _resize(tf.image.decode_and_crop_jpeg(data, window, channels=3), resolution, tf)
+
+    return preprocess
+
+
+def images_per_second(images: list[bytes], preprocess, batch: int, batches: int, warmup: int, tf) -> float:
+    dataset = tf.data.Dataset.from_tensor_slices(images).repeat()
+    dataset = dataset.map(preprocess, num_parallel_calls=1).batch(batch).prefetch(1)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.autotune.enabled = False
+    iterator = iter(dataset.with_options(options))
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batch * batches / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="synthetic_imagenet/bench")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--warmup_batches", type=int, default=2)
+    parser.add_argument("--ours_train", type=float, help="the bench's train img/s (1 thread), for the ratio")
+    parser.add_argument("--ours_eval", type=float, help="the bench's eval img/s (1 thread), for the ratio")
+    args = parser.parse_args()
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from effnetx_jax.data import sources
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    builder = sources.ensure_prepared(args.dataset, args.data_dir)
+    rates = {}
+    for name, split, preprocess in [
+        ("train", "train", train_preprocess(args.resolution, tf)),
+        ("eval", "validation", eval_preprocess(args.resolution, tf)),
+    ]:
+        source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        images = [source[i]["image"] for i in range(len(source))]
+        rates[name] = images_per_second(images, preprocess, args.batch, args.batches, args.warmup_batches, tf)
+    for name, ours in [("train", args.ours_train), ("eval", args.ours_eval)]:
+        ratio = f"   ours / tf.data = {ours / rates[name]:.2f}" if ours else ""
+        print(f"tf.data {name}, 1 core {rates[name]:8.0f} img/s{ratio}")
+
+
+if __name__ == "__main__":
+    main()

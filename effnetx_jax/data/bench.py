@@ -1,0 +1,89 @@
+"""`python -m effnetx_jax.data.bench`: images/s of the training and evaluation input pipelines.
+
+Reads `--dataset` (default `synthetic_imagenet/bench`: 1,024 + 256 random-content JPEGs with
+ImageNet's sizes, built on first use in `--data_dir`) and times the batches the trainer would get
+at `--resolution`: training (random crop, resize, flip, `--augment`) in this process with one
+thread (one core) and with 1 and 2 Grain worker processes, then evaluation (centre crop, resize)
+with one thread. Each measurement skips `--warmup_batches`, then times `--batches` batches.
+`benchmarks/tfdata_preprocess.py` times tf.data doing the reference's preprocessing on the same
+files, for comparison.
+
+Only absl is imported at the top: Grain's worker processes re-import this module.
+"""
+
+from absl import app, flags
+
+_DATASET = flags.DEFINE_string("dataset", "synthetic_imagenet/bench", "TFDS name or folder:ROOT.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
+_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Split read by the training pipeline.")
+_EVAL_SPLIT = flags.DEFINE_string("eval_split", "validation", "Split read by the evaluation pipeline.")
+_RESOLUTION = flags.DEFINE_integer("resolution", 224, "Output image size.")
+_BATCH = flags.DEFINE_integer("batch", 64, "Images per batch.")
+_BATCHES = flags.DEFINE_integer("batches", 12, "Batches timed per measurement.")
+_WARMUP = flags.DEFINE_integer("warmup_batches", 2, "Batches read before timing (worker start-up, caches).")
+_AUGMENT = flags.DEFINE_string("augment", "", "config.data.augment of the training pipeline, e.g. randaugment(2,10).")
+_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Worker-process counts of the training measurements.")
+
+
+def _config(num_workers: int):
+    from configs import common
+
+    config = common.get_config("efficientnet-b0")
+    config.model.resolution = _RESOLUTION.value
+    config.data.eval_crop_fraction = common.eval_crop_fraction(_RESOLUTION.value)
+    config.update(
+        dataset=_DATASET.value,
+        data_dir=_DATA_DIR.value,
+        train_split=_TRAIN_SPLIT.value,
+        eval_split=_EVAL_SPLIT.value,
+        batch_size=_BATCH.value,
+        eval_batch_size=_BATCH.value,
+    )
+    # One batch in flight per process: one reader thread, so "0 workers" is one core.
+    config.data.update(num_workers=num_workers, prefetch_buffer_size=1, augment=_AUGMENT.value)
+    return config
+
+
+def images_per_second(batches, warmup: int, count: int) -> float:
+    """Reads `warmup` batches, then times `count` more; images/s over the timed ones."""
+    import time
+
+    iterator = iter(batches)
+    try:
+        for _ in range(warmup):
+            next(iterator)
+        start, images = time.perf_counter(), 0
+        for _ in range(count):
+            images += len(next(iterator)["label"])
+        return images / (time.perf_counter() - start)
+    finally:
+        if hasattr(iterator, "close"):
+            iterator.close()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import os
+
+    from effnetx_jax import data
+
+    info = data.dataset_info(_config(0))  # builds the synthetic dataset on first use
+    print(
+        f"{info.name}: {info.num_train} train / {info.num_eval} eval images, output {_RESOLUTION.value} px, "
+        f"batch {_BATCH.value}, {os.cpu_count()} CPU cores, augment {_AUGMENT.value or 'none'}"
+    )
+    rows = []
+    for workers in map(int, _WORKERS.value):
+        label = "in this process, 1 thread" if workers == 0 else f"{workers} worker process{'es' * (workers > 1)}"
+        rate = images_per_second(data.train_loader(_config(workers)), _WARMUP.value, _BATCHES.value)
+        rows.append((f"train, {label}", rate))
+    eval_batches = _BATCHES.value if _BATCHES.value * _BATCH.value <= info.num_eval else info.num_eval // _BATCH.value
+    rate = images_per_second(data.eval_batches(_config(0)), 0, max(eval_batches, 1))
+    rows.append(("eval, in this process, 1 thread", rate))
+    for name, rate in rows:
+        print(f"{name:<38} {rate:8.0f} img/s")
+
+
+if __name__ == "__main__":
+    app.run(main)

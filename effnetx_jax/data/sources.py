@@ -1,0 +1,198 @@
+"""Datasets on disk as random-access sources of encoded images: TFDS datasets in array_record, and
+image folders.
+
+`open_split(config, "train_split" | "eval_split")` returns a source of records
+`{'image': encoded bytes, 'label': int}` that Grain reads by index. Images are left encoded (TFDS's
+`SkipDecoding`) so that the pipeline decodes each one once, and only the part its crop needs.
+
+- TFDS: `config.dataset` is a registered or prepared TFDS name (`imagenet2012`, `cifar10`,
+  `imagenette`, the bundled `digits` ...), under `config.data_dir`; splits accept TFDS slicing
+  (`train[:90%]`).
+- Image folder: `config.dataset = "folder:ROOT"` reads `ROOT/<split>/<class name>/<image file>`;
+  the class names (sorted subfolders of the training split's folder) give the labels 0..K-1.
+
+tensorflow_datasets is imported inside the functions: it takes seconds and only this module's
+callers need it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import os
+
+ARRAY_RECORD = "array_record"
+# Datasets of this package, built locally by their TFDS builders when first asked for.
+BUILT_ON_FIRST_USE = {"digits": "effnetx_jax.data.digits", "synthetic_imagenet": "effnetx_jax.data.synthetic"}
+FOLDER_PREFIX = "folder:"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+# ------------------------------------------------------------------------------------------------
+# TFDS datasets
+# ------------------------------------------------------------------------------------------------
+
+
+def _build_command(name: str, data_dir) -> str:
+    if data_dir is None:
+        return f"`tfds build {name} --file_format={ARRAY_RECORD}`"
+    return f"`tfds build {name} --file_format={ARRAY_RECORD} --data_dir={data_dir}`"
+
+
+def ensure_prepared(name: str, data_dir: str | None = None):
+    """The TFDS builder of `name`, prepared in array_record under `data_dir` (None: TFDS default).
+
+    The datasets of this package (`digits`, `synthetic_imagenet/small|bench`) are built on first use
+    (seconds, no network); any other dataset must already be prepared in array_record, which
+    `tfds.data_source` and Grain's random access need. Otherwise this raises a ValueError that says
+    how to prepare or convert it.
+    """
+    import tensorflow_datasets as tfds
+
+    package = BUILT_ON_FIRST_USE.get(name.split("/")[0].split(":")[0])
+    if package:
+        importlib.import_module(package)  # registers the builder
+
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            try:
+                builder.download_and_prepare(file_format=ARRAY_RECORD)
+            except FileExistsError:
+                # Another process of the run built it at the same time and renamed its copy into place first.
+                builder = tfds.builder(name, data_dir=data_dir)
+                if not builder.is_prepared():
+                    raise
+    else:
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.DatasetNotFoundError as error:
+            where = data_dir or "the default TFDS data dir"
+            raise ValueError(
+                f"dataset {name!r} is neither a registered TFDS dataset nor prepared in {where}; check "
+                f"config.dataset, or prepare it with {_build_command(name, data_dir)} or in Python with "
+                f"`tfds.builder(...).download_and_prepare(file_format={ARRAY_RECORD!r})`"
+            ) from error
+        if not builder.is_prepared():
+            raise ValueError(
+                f"dataset {name!r} is not prepared in {builder.data_dir_root}; "
+                f"prepare it with {_build_command(name, builder.data_dir_root)} or in Python with "
+                f"`tfds.builder({name!r}, data_dir=...).download_and_prepare(file_format={ARRAY_RECORD!r})`"
+            )
+    _check_array_record(builder)
+    return builder
+
+
+def _check_array_record(builder) -> None:
+    formats = {fmt.value for fmt in builder.info.available_file_formats()}
+    if ARRAY_RECORD not in formats:
+        raise ValueError(
+            f"dataset {builder.name!r} is prepared in {builder.data_path} as {', '.join(sorted(formats))}, "
+            f"but tfds.data_source and Grain need {ARRAY_RECORD} (random access); convert it in place with "
+            f"`tfds convert_format --dataset_version_dir={builder.data_path} --out_file_format={ARRAY_RECORD}` "
+            f"or rebuild it with {_build_command(builder.name, builder.data_dir_root)}"
+        )
+
+
+def _num_examples(builder, split: str, key: str) -> int:
+    """Examples in `split` (a name or a TFDS slice like 'train[:90%]'); a clear error for unknown ones."""
+    try:
+        return builder.info.splits[split].num_examples
+    except (KeyError, ValueError, AssertionError) as error:
+        available = ", ".join(sorted(builder.info.splits))
+        raise ValueError(
+            f"config.{key}: dataset {builder.name!r} has no split {split!r}; available splits: {available}"
+        ) from error
+
+
+def open_split(config, key: str):
+    """The source of split `config[key]` of `config.dataset`; a clear error for unknown ones."""
+    if config.dataset.startswith(FOLDER_PREFIX):
+        return _folder_split(_folder_root(config), config[key], key, _folder_classes(config))
+    import tensorflow_datasets as tfds
+
+    builder = ensure_prepared(config.dataset, config.data_dir)
+    _num_examples(builder, config[key], key)
+    return builder.as_data_source(split=config[key], decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def num_classes(config) -> int:
+    if config.dataset.startswith(FOLDER_PREFIX):
+        return len(_folder_classes(config))
+    return ensure_prepared(config.dataset, config.data_dir).info.features["label"].num_classes
+
+
+# ------------------------------------------------------------------------------------------------
+# Image folders
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolderSplit:
+    """The images of one split folder, in sorted order, with their class indices."""
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        with open(self.paths[index], "rb") as file:
+            return {"image": file.read(), "label": self.labels[index]}
+
+
+def _folder_root(config) -> str:
+    root = config.dataset[len(FOLDER_PREFIX) :]
+    if not os.path.isdir(root):
+        raise ValueError(f"config.dataset: {config.dataset!r} names no folder ({root!r} does not exist)")
+    return root
+
+
+def _subfolders(path: str) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+
+
+@functools.cache
+def _classes_in(split_dir: str) -> tuple[str, ...]:
+    return tuple(_subfolders(split_dir))
+
+
+def _folder_classes(config) -> tuple[str, ...]:
+    """The class names: the subfolders of the training split's folder, sorted."""
+    root = _folder_root(config)
+    split_dir = os.path.join(root, config.train_split)
+    if not os.path.isdir(split_dir):
+        raise ValueError(_missing_split(root, config.train_split, "train_split"))
+    classes = _classes_in(split_dir)
+    if not classes:
+        raise ValueError(f"config.dataset: {split_dir} has no class subfolders (expected {split_dir}/<class>/<image>)")
+    return classes
+
+
+def _missing_split(root: str, split: str, key: str) -> str:
+    available = ", ".join(_subfolders(root))
+    return f"config.{key}: folder dataset {root!r} has no split {split!r}; available splits: {available}"
+
+
+@functools.cache
+def _folder_split(root: str, split: str, key: str, classes: tuple[str, ...]) -> ImageFolderSplit:
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        raise ValueError(_missing_split(root, split, key))
+    unknown = sorted(set(_subfolders(split_dir)) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"config.{key}: {split_dir} has classes the training split lacks: {', '.join(unknown)} "
+            "(labels come from the training split's subfolders)"
+        )
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(split_dir, name)
+        if os.path.isdir(class_dir):
+            files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+            paths.extend(os.path.join(class_dir, f) for f in files)
+            labels.extend([label] * len(files))
+    if not paths:
+        raise ValueError(f"config.{key}: {split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return ImageFolderSplit(tuple(paths), tuple(labels))

@@ -1,0 +1,69 @@
+"""Evaluation over the whole eval split: the trainer's periodic evaluation, and `evaluate_checkpoint` for
+the checkpoints a run left in its workdir (eval.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import jax
+
+from effnetx_jax import data
+from effnetx_jax.train.checkpoints import Checkpoints
+from effnetx_jax.train.components import Components, build_components
+from effnetx_jax.train.steps import EvalMetrics, make_eval_step
+
+# The weights one can evaluate, and the prefix of their names in EvalMetrics: the exponential moving average
+# (what the paper reports) or the raw, trained weights.
+WEIGHTS = {"ema": "ema_", "raw": ""}
+
+
+def make_evaluator(components: Components, state_sharding) -> Callable[..., EvalMetrics]:
+    """`evaluate(state)`: raw and EMA metrics over every example of `config.eval_split` exactly once.
+
+    The step is compiled once, for states laid out as `state_sharding`. Every process must call
+    `evaluate` (each reads its own shard); all get the same metrics, whose `count` is the number of
+    examples.
+    """
+    eval_step = jax.jit(
+        make_eval_step(components.model, components.config),
+        in_shardings=(state_sharding, components.batch_sharding),
+        out_shardings=components.replicated,
+    )
+
+    def evaluate(state) -> EvalMetrics:
+        collected = None
+        for local_batch in data.eval_batches(
+            components.config, process_index=jax.process_index(), process_count=jax.process_count()
+        ):
+            batch_metrics = eval_step(state, components.global_batch(local_batch))
+            collected = batch_metrics if collected is None else collected.merge(batch_metrics)
+        return collected
+
+    return evaluate
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: str = "ema") -> dict:
+    """Evaluates a checkpoint that `train_and_evaluate` wrote in `workdir` over the whole `config.eval_split`.
+
+    `step` selects the checkpoint (default: the latest) and `weights` the EMA (default) or the raw
+    weights. Returns `step`, `top1`, `top5`, `loss` and `num_examples`. The checkpoints are opened
+    read-only and only the train state is read (not the input position). Bad arguments and a
+    checkpoint of another model fail before anything is restored or compiled.
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    with contextlib.closing(Checkpoints(workdir, read_only=True)) as checkpoints:
+        step = checkpoints.resolve_step(step)
+        components = build_components(config)
+        abstract_state = components.abstract_state()
+        state = checkpoints.restore_state(step, abstract_state)
+    evaluate = make_evaluator(components, jax.tree.map(lambda leaf: leaf.sharding, abstract_state))
+    metrics = evaluate(state)
+    prefix = WEIGHTS[weights]
+    values = metrics.compute()
+    return {
+        "step": step,
+        **{name: float(values[prefix + name]) for name in ("top1", "top5", "loss")},
+        "num_examples": int(getattr(metrics, prefix + "top1").count),
+    }
