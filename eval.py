@@ -33,7 +33,7 @@ def main(argv):
     print(
         f"step {result['step']} ({_WEIGHTS.value} weights) on {config.dataset} {config.eval_split}: "
         f"top1={result['top1']:.4f} top5={result['top5']:.4f} loss={result['loss']:.4f} "
-        f"examples={result['num_examples']}",
+        f"examples={result['num_examples']} skipped_images={result['skipped_images']}",
         flush=True,
     )
 

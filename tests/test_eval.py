@@ -42,6 +42,7 @@ def _expected(workdir, step: int, weights: str) -> dict:
         "step": step,
         **{name: logged[prefix + name] for name in ("top1", "top5", "loss")},
         "num_examples": DIGITS_TEST_EXAMPLES,
+        "skipped_images": 0,
     }
 
 
@@ -101,17 +102,20 @@ def _eval_py(data_dir, workdir, *flags):
     )
 
 
-PRINTED = re.compile(r"step (\d+) \(\w+ weights\) on digits test: top1=(\S+) top5=(\S+) loss=(\S+) examples=(\d+)")
+PRINTED = re.compile(
+    r"step (\d+) \(\w+ weights\) on digits test: top1=(\S+) top5=(\S+) loss=(\S+) examples=(\d+) skipped_images=(\d+)"
+)
 
 
 def _printed(stdout: str) -> dict:
-    step, top1, top5, loss, examples = PRINTED.fullmatch(stdout.splitlines()[-1]).groups()
+    step, top1, top5, loss, examples, skipped = PRINTED.fullmatch(stdout.splitlines()[-1]).groups()
     return {
         "step": int(step),
         "top1": float(top1),
         "top5": float(top5),
         "loss": float(loss),
         "num_examples": int(examples),
+        "skipped_images": int(skipped),
     }
 
 

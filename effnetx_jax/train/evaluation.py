@@ -47,7 +47,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: 
     """Evaluates a checkpoint that `train_and_evaluate` wrote in `workdir` over the whole `config.eval_split`.
 
     `step` selects the checkpoint (default: the latest) and `weights` the EMA (default) or the raw
-    weights. Returns `step`, `top1`, `top5`, `loss` and `num_examples`. The checkpoints are opened
+    weights. Returns `step`, `top1`, `top5`, `loss`, `num_examples` (evaluated) and `skipped_images`
+    (undecodable, not counted). The checkpoints are opened
     read-only and only the train state is read (not the input position). Bad arguments and a
     checkpoint of another model fail before anything is restored or compiled.
     """
@@ -65,5 +66,6 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: 
     return {
         "step": step,
         **{name: float(values[prefix + name]) for name in ("top1", "top5", "loss")},
-        "num_examples": int(getattr(metrics, prefix + "top1").count),
+        "num_examples": int(values["examples"]),
+        "skipped_images": int(values["skipped_images"]),
     }
