@@ -62,38 +62,43 @@ def _dct_scale(box: Box, min_side: int) -> int:
     return next((scale for scale in DCT_SCALES if shorter >= scale * min_side), 1)
 
 
-def decode_crop(data: bytes, box: Box, min_side: int = 0) -> np.ndarray:
-    """The `box` region of the image as uint8 [h, w, 3], decoded at the smallest DCT scale whose crop
-    keeps at least `min_side` pixels per side (0: full resolution)."""
-    scale = _dct_scale(box, min_side) if min_side else 1
-    image = None
-    if _is_jpeg(data):
-        height, width = image_size(data)
-        try:
-            image = simplejpeg.decode_jpeg(
-                data,
-                colorspace="RGB",
-                fastdct=True,
-                min_height=math.ceil(height / scale),
-                min_width=math.ceil(width / scale),
-                min_factor=scale,
-            )
-        except ValueError:
-            image = None  # CMYK, corrupt or unsupported: Pillow below reads what can be read
-    if image is None:
-        image, scale, height, width = _decode_with_pillow(data), 1, None, None
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    if scale > 1:
-        # libjpeg's scaled size is ceil(side / scale); map the box onto the decoded pixels.
-        rows, cols = image.shape[0] / height, image.shape[1] / width
-        left, top, right, bottom = box
-        box = (int(left * cols), int(top * rows), max(int(right * cols), 1), max(int(bottom * rows), 1))
+def _crop(image: np.ndarray, box: Box) -> np.ndarray:
     left, top, right, bottom = box
     crop = image[top:bottom, left:right]
     if crop.size == 0:
         raise UndecodableImage(f"the crop {box} is empty in a decoded image of shape {image.shape}")
     return crop
+
+
+def _jpeg_crop(data: bytes, box: Box, min_side: int) -> np.ndarray | None:
+    """The crop through libjpeg-turbo, at a reduced DCT scale where `min_side` allows; None if it refuses."""
+    height, width = image_size(data)
+    scale = _dct_scale(box, min_side) if min_side else 1
+    try:
+        image = simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB",
+            fastdct=True,
+            min_height=math.ceil(height / scale),
+            min_width=math.ceil(width / scale),
+            min_factor=scale,
+        )
+    except ValueError:
+        return None  # CMYK, corrupt or unsupported: Pillow reads what can be read
+    if scale > 1:
+        # libjpeg's scaled size is ceil(side / scale); map the box onto the decoded pixels.
+        rows, cols = image.shape[0] / height, image.shape[1] / width
+        left, top, right, bottom = box
+        box = (int(left * cols), int(top * rows), max(int(right * cols), 1), max(int(bottom * rows), 1))
+    return _crop(image, box)
+
+
+def decode_crop(data: bytes, box: Box, min_side: int = 0) -> np.ndarray:
+    """The `box` region of the image as uint8 [h, w, 3], decoded at the smallest DCT scale whose crop
+    keeps at least `min_side` pixels per side (0: full resolution)."""
+    if _is_jpeg(data) and (crop := _jpeg_crop(data, box, min_side)) is not None:
+        return crop
+    return _crop(_decode_with_pillow(data), box)
 
 
 def decode(data: bytes) -> np.ndarray:
