@@ -55,17 +55,24 @@ def init_variables(model, resolution=32, batch=2):
     return jax.jit(lambda x: model.init({"params": jax.random.key(0)}, x))(images)
 
 
-def train_command(data_dir, workdir, *overrides):
-    """`python train.py` on a narrow quickstart model (run from the repository root); `overrides` are flags."""
+def narrow_quickstart_flags(data_dir, workdir) -> list[str]:
+    """The flags of train.py and eval.py for the quickstart config with a narrow model, in `workdir`."""
     return [
-        sys.executable,
-        "train.py",
         "--config=configs/quickstart.py",
         f"--workdir={workdir}",
         f"--config.data_dir={data_dir}",
         "--config.model.width=0.25",
         "--config.model.depth=0.25",
         "--config.model.head_filters=64",
+    ]
+
+
+def train_command(data_dir, workdir, *overrides):
+    """`python train.py` on a narrow quickstart model (run from the repository root); `overrides` are flags."""
+    return [
+        sys.executable,
+        "train.py",
+        *narrow_quickstart_flags(data_dir, workdir),
         "--config.batch_size=16",
         "--config.total_epochs=0",
         "--config.eval_every_epochs=0",

@@ -10,7 +10,7 @@ from test_train import tiny_config
 
 from effnetx_jax.train import evaluate_checkpoint, train_and_evaluate
 
-from conftest import free_port, read_jsonl, run_to_end, tool_process
+from conftest import free_port, narrow_quickstart_flags, read_jsonl, run_to_end, tool_process
 
 DIGITS_TEST_EXAMPLES = 359
 PROCESS_TIMEOUT_S = 300
@@ -91,12 +91,7 @@ def _eval_py(data_dir, workdir, *flags):
     """eval.py with the flags that give tiny_config's model and eval batch (run from the repository root)."""
     return tool_process(
         "eval",
-        "--config=configs/quickstart.py",
-        f"--workdir={workdir}",
-        f"--config.data_dir={data_dir}",
-        "--config.model.width=0.25",
-        "--config.model.depth=0.25",
-        "--config.model.head_filters=64",
+        *narrow_quickstart_flags(data_dir, workdir),
         "--config.eval_batch_size=64",
         *flags,
     )

@@ -53,11 +53,11 @@ def test_reduced_scale_decoding_keeps_the_crop_at_least_the_output_size():
     full = decode.decode(data_bytes)
     assert full.shape == (427, 640, 3)
     box = (100, 20, 600, 420)  # 500 x 400
-    exact = decode.decode_crop(data_bytes, box)
+    exact = decode.decode_crop(data_bytes, (427, 640), box)
     np.testing.assert_array_equal(exact, full[20:420, 100:600])
-    half = decode.decode_crop(data_bytes, box, min_side=150)  # 400 >= 2 * 150: decoded at 1/2 scale
+    half = decode.decode_crop(data_bytes, (427, 640), box, min_side=150)  # 400 >= 2 * 150: decoded at 1/2 scale
     assert half.shape == (200, 250, 3)
-    quarter = decode.decode_crop(data_bytes, box, min_side=100)
+    quarter = decode.decode_crop(data_bytes, (427, 640), box, min_side=100)
     assert quarter.shape == (100, 125, 3)
     # The DCT-domain reduction is a low-pass view of the same pixels.
     downscaled = np.asarray(Image.fromarray(exact).resize((250, 200), Image.Resampling.BOX), np.float32)
@@ -84,7 +84,7 @@ def test_truncated_or_foreign_bytes_raise_undecodable_image(data_bytes):
 def test_resize_has_tensorflows_bicubic_kernel_and_optionally_its_tf1_sampling_grid():
     import tensorflow as tf
 
-    crop = decode.decode_crop(photo(), (0, 0, 400, 400))
+    crop = decode.decode_crop(photo(), (427, 640), (0, 0, 400, 400))
     legacy = tf.compat.v1.image.resize_bicubic(crop[None], [224, 224])[0].numpy()
     tf1_grid = preprocessing.resize(crop, 224, "bicubic_tf1").astype(np.float32)
     assert np.abs(tf1_grid - np.clip(legacy, 0, 255)).mean() < 0.3  # uint8 rounding

@@ -70,9 +70,9 @@ def _crop(image: np.ndarray, box: Box) -> np.ndarray:
     return crop
 
 
-def _jpeg_crop(data: bytes, box: Box, min_side: int) -> np.ndarray | None:
+def _jpeg_crop(data: bytes, size: tuple[int, int], box: Box, min_side: int) -> np.ndarray | None:
     """The crop through libjpeg-turbo, at a reduced DCT scale where `min_side` allows; None if it refuses."""
-    height, width = image_size(data)
+    height, width = size
     scale = _dct_scale(box, min_side) if min_side else 1
     try:
         image = simplejpeg.decode_jpeg(
@@ -93,15 +93,16 @@ def _jpeg_crop(data: bytes, box: Box, min_side: int) -> np.ndarray | None:
     return _crop(image, box)
 
 
-def decode_crop(data: bytes, box: Box, min_side: int = 0) -> np.ndarray:
-    """The `box` region of the image as uint8 [h, w, 3], decoded at the smallest DCT scale whose crop
-    keeps at least `min_side` pixels per side (0: full resolution)."""
-    if _is_jpeg(data) and (crop := _jpeg_crop(data, box, min_side)) is not None:
+def decode_crop(data: bytes, size: tuple[int, int], box: Box, min_side: int = 0) -> np.ndarray:
+    """The `box` region of the image of `size` (height, width: `image_size(data)`, which the caller
+    needed for the box) as uint8 [h, w, 3], decoded at the smallest DCT scale whose crop keeps at
+    least `min_side` pixels per side (0: full resolution)."""
+    if _is_jpeg(data) and (crop := _jpeg_crop(data, size, box, min_side)) is not None:
         return crop
     return _crop(_decode_with_pillow(data), box)
 
 
 def decode(data: bytes) -> np.ndarray:
     """The whole image as uint8 [H, W, 3]."""
-    height, width = image_size(data)
-    return decode_crop(data, (0, 0, width, height))
+    height, width = size = image_size(data)
+    return decode_crop(data, size, (0, 0, width, height))

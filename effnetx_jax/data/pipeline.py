@@ -59,8 +59,8 @@ def dataset_info(config) -> DatasetInfo:
     return DatasetInfo(
         name=config.dataset,
         num_classes=sources.num_classes(config),
-        num_train=len(sources.open_split(config, "train_split")),
-        num_eval=len(sources.open_split(config, "eval_split")),
+        num_train=sources.split_size(config, "train_split"),
+        num_eval=sources.split_size(config, "eval_split"),
         image_shape=(resolution, resolution, 3),
     )
 

@@ -235,9 +235,9 @@ class TrainView(_ImageTransform):
 
     def view(self, record) -> np.ndarray:
         rng = example_rng(self.seed, record["epoch"], record["index"])
-        height, width = decode.image_size(record["image"])
+        height, width = size = decode.image_size(record["image"])
         box = train_crop_box(height, width, rng, self.crops)
-        image = resize(decode.decode_crop(record["image"], box, self.size), self.size, self.resize_method)
+        image = resize(decode.decode_crop(record["image"], size, box, self.size), self.size, self.resize_method)
         if self.crops.random_flip and rng.random() < 0.5:
             image = cv2.flip(image, 1)  # left-right, into a new contiguous array (faster than a copied view)
         if self.augment is not None:
@@ -252,9 +252,9 @@ class EvalView(_ImageTransform):
     crop_fraction: float
 
     def view(self, record) -> np.ndarray:
-        height, width = decode.image_size(record["image"])
+        height, width = size = decode.image_size(record["image"])
         box = centre_crop_box(height, width, self.crop_fraction)
-        return resize(decode.decode_crop(record["image"], box, self.size), self.size, self.resize_method)
+        return resize(decode.decode_crop(record["image"], size, box, self.size), self.size, self.resize_method)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,6 +116,13 @@ def open_split(config, key: str):
     return builder.as_data_source(split=config[key], decoders={"image": tfds.decode.SkipDecoding()})
 
 
+def split_size(config, key: str) -> int:
+    """Examples in split `config[key]`, from the dataset's metadata (no data file is opened)."""
+    if config.dataset.startswith(FOLDER_PREFIX):
+        return len(open_split(config, key))
+    return _num_examples(ensure_prepared(config.dataset, config.data_dir), config[key], key)
+
+
 def num_classes(config) -> int:
     if config.dataset.startswith(FOLDER_PREFIX):
         return len(_folder_classes(config))
