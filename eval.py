@@ -1,4 +1,5 @@
-"""Evaluates a checkpoint of a train.py run: `python eval.py --config=configs/b0.py --workdir=runs/b0`.
+"""Evaluates a checkpoint of a train.py run: `python eval.py --config=configs/b0.py --workdir=runs/b0`,
+or converted weights: `python eval.py --config=DIR/config.py --workdir=DIR` (see effnetx_jax.convert).
 
 The latest checkpoint by default (`--step=N` for another), with the EMA weights (`--weights=raw` for the
 trained ones), over the whole `config.eval_split` (`--config.eval_split=...` for another split). Prints
@@ -21,6 +22,10 @@ _WEIGHTS = flags.DEFINE_string("weights", "ema", "ema: the moving average of the
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _weights_label(step) -> str:
+    return "converted weights" if step is None else f"step {step} ({_WEIGHTS.value} weights)"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -31,7 +36,7 @@ def main(argv):
     config = _CONFIG.value
     result = evaluate_checkpoint(config, _WORKDIR.value, step=_STEP.value, weights=_WEIGHTS.value)
     print(
-        f"step {result['step']} ({_WEIGHTS.value} weights) on {config.dataset} {config.eval_split}: "
+        f"{_weights_label(result['step'])} on {config.dataset} {config.eval_split}: "
         f"top1={result['top1']:.4f} top5={result['top5']:.4f} loss={result['loss']:.4f} "
         f"examples={result['num_examples']} skipped_images={result['skipped_images']}",
         flush=True,

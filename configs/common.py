@@ -26,6 +26,10 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     config.batch_size = 2048
     config.eval_batch_size = 1024
     config.seed = 0
+    # Pretrained weights to start from (a converted checkpoint or a train.py workdir) when the workdir has no
+    # checkpoint yet, and a regular expression of variable paths to leave freshly initialised ("classifier").
+    config.init_from = placeholder(str)
+    config.init_exclude = ""
 
     # ~350 epochs of ImageNet (train_steps 218,949 at batch 2048 in the reference).
     config.total_steps = placeholder(int)

@@ -4,14 +4,17 @@ the checkpoints a run left in its workdir (eval.py)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 
 import jax
 
 from effnetx_jax import data
+from effnetx_jax import weights as weights_lib
+from effnetx_jax.train import sharding
 from effnetx_jax.train.checkpoints import Checkpoints
 from effnetx_jax.train.components import Components, build_components
-from effnetx_jax.train.steps import EvalMetrics, make_eval_step
+from effnetx_jax.train.steps import EvalMetrics, SingleWeights, make_eval_step
 
 # The weights one can evaluate, and the prefix of their names in EvalMetrics: the exponential moving average
 # (what the paper reports) or the raw, trained weights.
@@ -44,22 +47,28 @@ def make_evaluator(components: Components, state_sharding) -> Callable[..., Eval
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: str = "ema") -> dict:
-    """Evaluates a checkpoint that `train_and_evaluate` wrote in `workdir` over the whole `config.eval_split`.
+    """Evaluates a checkpoint over the whole `config.eval_split`: one that `train_and_evaluate` wrote in
+    `workdir`, or a converted checkpoint (`python -m effnetx_jax.convert`, see `effnetx_jax.weights`).
 
     `step` selects the checkpoint (default: the latest) and `weights` the EMA (default) or the raw
-    weights. Returns `step`, `top1`, `top5`, `loss`, `num_examples` (evaluated) and `skipped_images`
+    weights; a converted checkpoint has one set of weights and no steps (`step` is returned as None).
+    Returns `step`, `top1`, `top5`, `loss`, `num_examples` (evaluated) and `skipped_images`
     (undecodable, not counted). The checkpoints are opened
     read-only and only the train state is read (not the input position). Bad arguments and a
     checkpoint of another model fail before anything is restored or compiled.
     """
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    with contextlib.closing(Checkpoints(workdir, read_only=True)) as checkpoints:
-        step = checkpoints.resolve_step(step)
-        components = build_components(config)
-        abstract_state = components.abstract_state()
-        state = checkpoints.restore_state(step, abstract_state)
-    evaluate = make_evaluator(components, jax.tree.map(lambda leaf: leaf.sharding, abstract_state))
+    if weights_lib.is_converted(workdir):
+        state, state_sharding, components = _converted_weights(config, workdir, step, weights)
+    else:
+        with contextlib.closing(Checkpoints(workdir, read_only=True)) as checkpoints:
+            step = checkpoints.resolve_step(step)
+            components = build_components(config)
+            abstract_state = components.abstract_state()
+            state = checkpoints.restore_state(step, abstract_state)
+        state_sharding = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
+    evaluate = make_evaluator(components, state_sharding)
     metrics = evaluate(state)
     prefix = WEIGHTS[weights]
     values = metrics.compute()
@@ -69,3 +78,30 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: 
         "num_examples": int(values["examples"]),
         "skipped_images": int(values["skipped_images"]),
     }
+
+
+def _converted_weights(config, directory: str, step, weights: str):
+    """A converted checkpoint's weights, replicated, after the same checks as a trained one's."""
+    variables = weights_lib.read_variables(directory, weights=weights, step=step)
+    components = build_components(config)
+    expected = components.abstract_state()
+    for collection in ("params", "batch_stats"):
+        saved, wanted = (
+            jax.tree.map(lambda leaf: leaf.shape, tree)
+            for tree in (variables[collection], getattr(expected, collection))
+        )
+        if saved != wanted:
+            raise ValueError(
+                f"the converted checkpoint in {directory} holds another model than config.model "
+                f"({config.model.name}); evaluate it with its own config, "
+                f"--config={os.path.join(directory, weights_lib.CONFIG_FILE)}"
+            )
+    state = SingleWeights(params=variables["params"], batch_stats=variables["batch_stats"])
+    state_sharding = jax.tree.map(lambda _: components.replicated, state)
+    placed = jax.tree.map(
+        lambda value: sharding.global_array(
+            value, jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=components.replicated)
+        ),
+        state,
+    )
+    return placed, state_sharding, components

@@ -11,7 +11,7 @@ from absl import logging
 from clu import parameter_overview, periodic_actions
 
 from effnetx_jax import data
-from effnetx_jax.train import multihost
+from effnetx_jax.train import init_from, multihost
 from effnetx_jax.train.checkpoints import Checkpoints
 from effnetx_jax.train.components import build_components
 from effnetx_jax.train.evaluation import make_evaluator
@@ -51,14 +51,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     write_config(workdir, config)
 
+    # Resume order: a checkpoint in the workdir, else the pretrained weights of config.init_from, else scratch.
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+    start_step = checkpoints.latest_step() or 0
+    pretrained = None
+    if not start_step and config.init_from:
+        pretrained = init_from.read_pretrained(config, components.abstract_state())
+
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     state, state_sharding = create_train_state(
         components.model, components.tx, init_rng, components.image_shape, components.mesh
     )
 
     train_iter = _train_iterator(config)
-    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    start_step = checkpoints.latest_step() or 0
     if start_step:
         logging.info("Resuming from the checkpoint at step %d in %s", start_step, checkpoints.directory)
         state, data_restored = checkpoints.restore(start_step, state, train_iter)
@@ -70,6 +75,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
             train_iter.close()
             train_iter = _train_iterator(config, start_step)
     else:
+        if pretrained is not None:
+            state = init_from.initialize(state, pretrained)
+            logging.info(
+                "Initialised %d variables from %s; kept the fresh initialisation of those matching init_exclude=%r.",
+                len(pretrained),
+                config.init_from,
+                config.init_exclude,
+            )
         parameter_overview.log_parameter_overview(state.params)
 
     train_step = jax.jit(

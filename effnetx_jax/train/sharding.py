@@ -49,3 +49,9 @@ def _fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
         return PartitionSpec()
     axis = max(divisible, key=lambda a: shape[a])
     return PartitionSpec(*(("fsdp" if a == axis else None) for a in range(len(shape))))
+
+
+def global_array(value, like) -> jax.Array:
+    """The host value `value` laid out as the (abstract or concrete) array `like`; every process must pass
+    the whole value (as each read it from the same files)."""
+    return jax.make_array_from_callback(like.shape, like.sharding, lambda index: value[index])

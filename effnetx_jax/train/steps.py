@@ -5,6 +5,8 @@ Batches arrive as the input pipeline makes them (uint8 images); the steps normal
 Examples with `mask` 0 (evaluation padding, images that could not be decoded) do not count.
 """
 
+from typing import Any
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -51,6 +53,14 @@ class EvalMetrics(metrics.Collection):
     ema_top5: metrics.Average.from_output("ema_top5")
     examples: Sum.from_output("mask")
     skipped_images: Sum.from_output("skipped")
+
+
+@flax.struct.dataclass
+class SingleWeights:
+    """One set of weights with no separate EMA (a converted checkpoint): evaluated once, reported as both."""
+
+    params: Any
+    batch_stats: Any
 
 
 def normalize(images, config) -> jax.Array:
@@ -132,9 +142,12 @@ def make_eval_step(model, config):
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         return loss, _top_k_correct(logits, batch["label"], 1), _top_k_correct(logits, batch["label"], 5)
 
-    def eval_step(state: TrainState, batch):
+    def eval_step(state: TrainState | SingleWeights, batch):
         loss, top1, top5 = outputs(state.params, state.batch_stats, batch)
-        ema_loss, ema_top1, ema_top5 = outputs(state.ema_params, state.ema_batch_stats, batch)
+        if isinstance(state, SingleWeights):
+            ema_loss, ema_top1, ema_top5 = loss, top1, top5
+        else:
+            ema_loss, ema_top1, ema_top5 = outputs(state.ema_params, state.ema_batch_stats, batch)
         return EvalMetrics.single_from_model_output(
             loss=loss,
             top1=top1,

@@ -38,6 +38,8 @@ def get_config():
         'eval_every_steps': 0,
         'eval_split': 'test',
         'fsdp_size': 1,
+        'init_exclude': '',
+        'init_from': placeholder(str),
         'keep_checkpoints': 2,
         'label_smoothing': 0.1,
         'learning_rate': 0.064,

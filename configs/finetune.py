@@ -1,0 +1,46 @@
+"""Fine-tunes pretrained EfficientNet-B0 weights on another dataset: a new classifier, every layer trained.
+
+  python -m effnetx_jax.convert tf efficientnet-b0/model.ckpt --model=efficientnet-b0 --out=weights/efficientnet-b0
+  python train.py --config=configs/finetune.py --config.init_from=weights/efficientnet-b0 --workdir=runs/finetune
+
+As written it fine-tunes on the bundled digits dataset on a laptop CPU (64 px, float32). For another TFDS
+dataset set `--config.dataset=cifar10 --config.eval_split=test --config.model.num_classes=10`, and on an
+accelerator `--config.model.resolution=224 --config.model.dtype=bfloat16` (the weights' resolution).
+`config.init_from` also takes a train.py workdir (its EMA weights). Every variable is loaded except those
+matching `config.init_exclude` (the 1000-class classifier); the optimizer starts fresh.
+Expected result and cost: see the README's "Pretrained weights" section (measured).
+"""
+
+from configs import common
+
+
+def get_config():
+    config = common.get_config("efficientnet-b0")
+    config.init_exclude = "classifier"
+    config.model.update(resolution=64, num_classes=10, dtype="float32", bn_momentum=0.9)
+    config.dataset = "digits"
+    config.train_split = "train"
+    config.eval_split = "test"
+    config.batch_size = 64
+    config.eval_batch_size = 128
+
+    # SGD with momentum and a cosine schedule: the usual fine-tuning recipe (big_vision, timm).
+    config.optimizer = "momentum"
+    config.learning_rate = 0.04  # per 256 images: 0.01 at batch 64
+    config.lr_schedule = "cosine"
+    config.warmup_epochs = 0.5
+    config.total_epochs = 10.0
+    config.ema_decay = 0.99
+
+    config.data.num_workers = 0
+    config.data.crop_area_range = (0.7, 1.0)  # digits fill the 8x8 frame: keep most of it
+    config.data.random_flip = False  # a flipped digit is another digit (or none)
+    config.data.eval_crop_fraction = 1.0
+
+    config.log_every_steps = 20
+    config.eval_every_steps = 0
+    config.eval_every_epochs = 5.0
+    config.checkpoint_every_steps = 0
+    config.checkpoint_every_epochs = 5.0
+    config.keep_checkpoints = 2
+    return config

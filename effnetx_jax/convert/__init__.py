@@ -1,0 +1,83 @@
+"""Pretrained weights from other frameworks -> converted checkpoints that `effnetx_jax.load` reads.
+
+  python -m effnetx_jax.convert tf CKPT_PREFIX --model=efficientnet-b0 --out=DIR
+  python -m effnetx_jax.convert timm FILE.safetensors --model=efficientnet-b0 --out=DIR
+
+`convert(kind, source, model)` returns the trainer config (the variant with the preprocessing its
+weights expect), the Flax variables and a report; `effnetx_jax.weights.save_converted` writes them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from effnetx_jax.convert import tf_checkpoint, timm_weights
+from effnetx_jax.convert.layout import model_layers
+from effnetx_jax.convert.matching import ConversionError, assemble
+from effnetx_jax.models import architecture
+
+SOURCES = ("tf", "timm")
+# AdvProp checkpoints were trained on images scaled to [-1, 1] (x * 2/255 - 1) instead of mean/std.
+ADVPROP_MEAN = ADVPROP_STD = (127.5, 127.5, 127.5)
+
+__all__ = ["SOURCES", "ConversionError", "convert", "converted_config"]
+
+
+def converted_config(model: str, num_classes: int | None, advprop: bool = False) -> ml_collections.ConfigDict:
+    """The ImageNet trainer config of `model` with the preprocessing of its published weights: float32,
+    the variant's resolution and the paper-era crop R/(R+32), bicubic resize, mean/std or AdvProp's range."""
+    from configs import common
+
+    config = common.get_config(model)
+    config.model.dtype = "float32"
+    if num_classes is not None:
+        config.model.num_classes = num_classes
+    if advprop:
+        config.data.mean, config.data.std = ADVPROP_MEAN, ADVPROP_STD
+    return config
+
+
+def convert(kind: str, source: str, model: str | ml_collections.ConfigDict, *, advprop: bool = False):
+    """Reads `source` (a TF checkpoint prefix or a timm .safetensors file) as the weights of `model`: a
+    registered variant's name, or a trainer config (any architecture, e.g. a custom or LACS-scaled one).
+    Returns `(config, variables, report)`; raises `ConversionError` if the weights do not fit the model."""
+    if kind not in SOURCES:
+        raise ValueError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCES)}")
+    if kind == "tf":
+        reader = tf_checkpoint.CheckpointReader(source)
+        scope = tf_checkpoint.model_scope(reader.shapes)
+        classes = tf_checkpoint.num_classes(reader.shapes, scope)
+        dropped = tf_checkpoint.is_dropped
+        described = f"the TF checkpoint {source} (scope {scope!r})"
+    else:
+        reader = timm_weights.SafetensorsReader(source)
+        classes = timm_weights.num_classes(reader.shapes)
+        dropped = timm_weights.is_dropped
+        described = f"the timm weights {source}"
+    config = converted_config(model, classes, advprop) if isinstance(model, str) else model
+    layers = model_layers(config.model)
+    if kind == "tf":
+        wanted = tf_checkpoint.wanted_tensors(layers, scope, reader.shapes)
+    else:
+        wanted = timm_weights.wanted_tensors(layers, architecture(config.model))
+    used = {tensor.name for tensor in wanted.values()}
+
+    def ignored(name: str) -> bool:
+        # Optimizer slots and counters, and the raw variables whose EMA shadows were taken.
+        return dropped(name) or name + tf_checkpoint.EMA_SUFFIX in used
+
+    name = config.model.name
+    variables = assemble(layers, wanted, reader.shapes, reader.read, source=described, model=name, ignored=ignored)
+    report = {
+        "source": os.path.abspath(source),
+        "format": kind,
+        "model": name,
+        "num_classes": config.model.num_classes,
+        "normalization": f"mean {list(config.data.mean)}, std {list(config.data.std)}",
+        "tensors_loaded": len(wanted),
+        "ema_shadows_used": sum(tensor.name.endswith(tf_checkpoint.EMA_SUFFIX) for tensor in wanted.values()),
+        "dropped": sorted(name for name in reader.shapes if ignored(name)),
+    }
+    return config, variables, report

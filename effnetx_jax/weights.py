@@ -1,0 +1,132 @@
+"""Model weights on disk, for inference, fine-tuning and export: `load(DIR)` and what it is built on.
+
+Two kinds of directory hold weights:
+- a converted checkpoint (`python -m effnetx_jax.convert`): `DIR/config.py` (a trainer config with the
+  variant's preprocessing), `DIR/variables/` (an orbax checkpoint of `{"params", "batch_stats"}`) and
+  `DIR/conversion.json` (where the weights came from);
+- a train.py workdir: `DIR/config.json` and `DIR/checkpoints/<step>/state`, of which only the EMA (or the
+  raw) parameters and BatchNorm statistics are read, never the optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from effnetx_jax import config_files
+from effnetx_jax.models import EfficientNet, create_model
+
+CONFIG_FILE = "config.py"
+VARIABLES_DIR = "variables"
+REPORT_FILE = "conversion.json"
+# Which train-state fields hold the weights a user asks for: the moving average (what the reference
+# evaluates) or the trained weights themselves.
+STATE_FIELDS = {"ema": ("ema_params", "ema_batch_stats"), "raw": ("params", "batch_stats")}
+
+
+def is_converted(directory: str) -> bool:
+    """Whether `directory` is a converted checkpoint (rather than a train.py workdir)."""
+    return os.path.isdir(os.path.join(directory, VARIABLES_DIR))
+
+
+def read_config(directory: str) -> ml_collections.ConfigDict:
+    """The trainer config stored with the weights: `config.py` of a converted checkpoint, or the
+    `config.json` that train.py wrote in its workdir."""
+    if is_converted(directory):
+        return config_files.load_config(os.path.join(directory, CONFIG_FILE))
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{directory} holds no weights: expected a converted checkpoint ({CONFIG_FILE} and {VARIABLES_DIR}/, "
+            "written by python -m effnetx_jax.convert) or a train.py workdir (config.json and checkpoints/)"
+        )
+    with open(path) as file:
+        return ml_collections.ConfigDict(json.load(file))
+
+
+def read_variables(directory: str, *, weights: str = "ema", step: int | None = None) -> dict:
+    """`{"params", "batch_stats"}` as numpy arrays on the host.
+
+    A converted checkpoint holds one set of weights (the source's EMA when it had one). In a train.py
+    workdir `weights` picks the EMA ("ema") or the trained weights ("raw") of checkpoint `step`
+    (default: the latest).
+    """
+    if weights not in STATE_FIELDS:
+        raise ValueError(f"weights must be one of {', '.join(STATE_FIELDS)}, got {weights!r}")
+    if is_converted(directory):
+        if step is not None or weights != "ema":
+            raise ValueError(
+                f"{directory} is a converted checkpoint: it holds one set of weights, with no steps and no raw/EMA "
+                "choice; leave step and weights at their defaults"
+            )
+        return _restore_numpy(
+            os.path.join(directory, VARIABLES_DIR), {"params": "params", "batch_stats": "batch_stats"}
+        )
+    from effnetx_jax.train.checkpoints import Checkpoints
+
+    checkpoints = Checkpoints(directory, read_only=True)
+    try:
+        step = checkpoints.resolve_step(step)
+    finally:
+        checkpoints.close()
+    params_field, stats_field = STATE_FIELDS[weights]
+    return _restore_numpy(
+        os.path.join(checkpoints.directory, str(step), "state"), {"params": params_field, "batch_stats": stats_field}
+    )
+
+
+def load(
+    directory: str, *, weights: str = "ema", step: int | None = None, dtype: str = "float32"
+) -> tuple[EfficientNet, dict]:
+    """`model, variables = load(DIR)`; then `model.apply(variables, images, train=False)` gives logits.
+
+    `images`: NHWC float32 at the model's resolution, normalised as the variant expects
+    (`(x - config.data.mean) / config.data.std`, see `read_config(DIR)`). `dtype` is the compute dtype
+    ("float32" by default, whatever the run trained with); parameters stay float32.
+    """
+    config = read_config(directory)
+    model_cfg = config.model.copy_and_resolve_references()
+    model_cfg.dtype = dtype
+    variables = read_variables(directory, weights=weights, step=step)
+    return create_model(model_cfg), jax.tree.map(jax.numpy.asarray, variables)
+
+
+def save_converted(directory: str, config: ml_collections.ConfigDict, variables: dict, report: dict) -> None:
+    """Writes a converted checkpoint: `config.py`, `variables/` and `conversion.json` (see the module doc)."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(os.path.join(directory, VARIABLES_DIR)):
+        raise FileExistsError(f"{directory} already holds a converted checkpoint; choose another --out or remove it")
+    os.makedirs(directory, exist_ok=True)
+    checkpointer = ocp.PyTreeCheckpointer()
+    checkpointer.save(
+        os.path.join(directory, VARIABLES_DIR), {key: variables[key] for key in ("params", "batch_stats")}
+    )
+    docstring = (
+        f"{config.model.name} converted from {report['source']} ({report['format']}) by effnetx_jax.convert.\n\n"
+        f"  python eval.py --config={os.path.join(directory, CONFIG_FILE)} --workdir={directory}\n\n"
+        "Preprocessing (resolution, crop, resize, mean/std) as the weights expect; dataset and batch sizes\n"
+        "as the ImageNet recipe (configs/common.py)."
+    )
+    with open(os.path.join(directory, CONFIG_FILE), "w") as file:
+        file.write(config_files.render_config(config, docstring))
+    with open(os.path.join(directory, REPORT_FILE), "w") as file:
+        json.dump(report, file, indent=2)
+        file.write("\n")
+
+
+def _restore_numpy(path: str, fields: dict[str, str]) -> dict:
+    """The top-level entries `fields.values()` of the orbax tree at `path`, renamed to `fields.keys()`,
+    as numpy arrays; the other entries (an optimizer state) are not read."""
+    checkpointer = ocp.PyTreeCheckpointer()
+    saved = checkpointer.metadata(path).item_metadata.tree
+    item = {field: saved[field] for field in fields.values()}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    restored = checkpointer.restore(
+        path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+    )
+    return {name: restored[field] for name, field in fields.items()}
