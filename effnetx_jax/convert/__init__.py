@@ -75,7 +75,9 @@ def convert(kind: str, source: str, model: str | ml_collections.ConfigDict, *, a
         "format": kind,
         "model": name,
         "num_classes": config.model.num_classes,
-        "normalization": f"mean {list(config.data.mean)}, std {list(config.data.std)}",
+        "normalization": "mean {}, std {}".format(
+            *([round(float(v), 4) for v in config.data[key]] for key in ("mean", "std"))
+        ),
         "tensors_loaded": len(wanted),
         "ema_shadows_used": sum(tensor.name.endswith(tf_checkpoint.EMA_SUFFIX) for tensor in wanted.values()),
         "dropped": sorted(name for name in reader.shapes if ignored(name)),
