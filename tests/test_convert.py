@@ -214,7 +214,7 @@ def test_checkpoint_of_another_architecture_is_refused_naming_the_first_mismatch
     try:
         convert.convert("tf", str(prefix), wider)
     except convert.ConversionError as error:
-        assert "[3, 3, 3, 8] in the TF checkpoint" in str(error) and "tiny needs [3, 3, 3, 16]" in str(error)
+        assert "has shape [3, 3, 3, 8], but" in str(error) and "tiny needs [3, 3, 3, 16]" in str(error)
 
 
 def test_missing_and_unexpected_tensors_are_listed(data_dir, tmp_path):
@@ -346,3 +346,19 @@ def test_unreadable_sources_are_named(tmp_path):
         convert.convert("tf", str(tmp_path / "nothing"), "efficientnet-b0")
     with pytest.raises(ValueError, match="unknown source kind 'onnx'"):
         convert.convert("onnx", "x", "efficientnet-b0")
+
+
+def test_command_line_errors_are_one_line_and_write_nothing(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "effnetx_jax.convert",
+        "tf",
+        str(tmp_path / "nothing"),
+        f"--out={tmp_path / 'out'}",
+    ]
+    result = subprocess.run(
+        [*command, "--model=efficientnet-b0"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: cannot read a TF checkpoint at" in result.stderr and not (tmp_path / "out").exists()

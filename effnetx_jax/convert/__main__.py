@@ -25,9 +25,12 @@ def main(argv):
     _, kind, source = argv
     from effnetx_jax import config_files, convert, weights
 
-    model = config_files.load_config(_CONFIG.value) if _CONFIG.value else _MODEL.value
-    config, variables, report = convert.convert(kind, source, model, advprop=_ADVPROP.value)
-    weights.save_converted(_OUT.value, config, variables, report)
+    try:
+        model = config_files.load_config(_CONFIG.value) if _CONFIG.value else _MODEL.value
+        config, variables, report = convert.convert(kind, source, model, advprop=_ADVPROP.value)
+        weights.save_converted(_OUT.value, config, variables, report)
+    except (OSError, ValueError) as error:  # unreadable source, another architecture, an unknown variant
+        raise SystemExit(f"error: {error}") from None
     print(
         f"{report['model']}: {report['tensors_loaded']} tensors from {source} "
         f"({report['ema_shadows_used']} of them EMA shadows), {len(report['dropped'])} dropped "

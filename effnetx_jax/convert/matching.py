@@ -75,7 +75,7 @@ def assemble(
                 missing.append(tensor.name)
             elif mismatch is None and tuple(source_shapes[tensor.name]) != tensor.source_shape(shape):
                 mismatch = (
-                    f"{tensor.name} has shape {list(source_shapes[tensor.name])} in {source}, but {model} needs "
+                    f"{tensor.name} has shape {list(source_shapes[tensor.name])}, but {model} needs "
                     f"{list(tensor.source_shape(shape))} there (Flax {collection}/{'/'.join(layer.path)}/{name})"
                 )
     used = {tensor.name for tensor in wanted.values()}
