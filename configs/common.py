@@ -111,13 +111,21 @@ def variant_config(size: int, arg: str = "") -> ml_collections.ConfigDict:
     return config
 
 
+def use_digits(config: ml_collections.ConfigDict) -> None:
+    """Trains on the bundled digits dataset (laptop configs), with the crops its 8x8 images need."""
+    config.dataset, config.train_split, config.eval_split = "digits", "train", "test"
+    config.data.num_workers = 0
+    config.data.crop_area_range = (0.7, 1.0)  # digits fill the 8x8 frame: keep most of it
+    config.data.random_flip = False  # a flipped digit is another digit (or none)
+    config.data.eval_crop_fraction = 1.0
+
+
 def _shrink_for_smoke_run(config: ml_collections.ConfigDict) -> None:
     config.model.update(width=0.25, depth=0.25, resolution=32, num_classes=10, dtype="float32")
-    config.dataset, config.train_split, config.eval_split = "digits", "train", "test"
+    use_digits(config)
     config.batch_size, config.eval_batch_size = 32, 64
     config.total_epochs, config.total_steps = 0.0, 20
     config.warmup_epochs = 0.0
     config.eval_every_epochs, config.eval_every_steps = 0.0, 20
     config.checkpoint_every_steps = 10
     config.log_every_steps = 5
-    config.data.update(num_workers=0, random_flip=False, eval_crop_fraction=1.0, crop_area_range=(0.7, 1.0))

@@ -18,9 +18,7 @@ def get_config():
     config = common.get_config("efficientnet-b0")
     config.init_exclude = "classifier"
     config.model.update(resolution=64, num_classes=10, dtype="float32", bn_momentum=0.9)
-    config.dataset = "digits"
-    config.train_split = "train"
-    config.eval_split = "test"
+    common.use_digits(config)
     config.batch_size = 64
     config.eval_batch_size = 128
 
@@ -31,11 +29,6 @@ def get_config():
     config.warmup_epochs = 0.5
     config.total_epochs = 10.0
     config.ema_decay = 0.99
-
-    config.data.num_workers = 0
-    config.data.crop_area_range = (0.7, 1.0)  # digits fill the 8x8 frame: keep most of it
-    config.data.random_flip = False  # a flipped digit is another digit (or none)
-    config.data.eval_crop_fraction = 1.0
 
     config.log_every_steps = 20
     config.eval_every_steps = 0

@@ -26,9 +26,7 @@ def get_config():
         # ~340 steps in all: running BN averages at the recipe's 0.99 would still lag the weights.
         bn_momentum=0.9,
     )
-    config.dataset = "digits"
-    config.train_split = "train"
-    config.eval_split = "test"
+    common.use_digits(config)
     config.batch_size = 64
     config.eval_batch_size = 128
 
@@ -39,12 +37,8 @@ def get_config():
     config.weight_decay = 1e-5
     config.ema_decay = 0.99
 
-    config.data.num_workers = 0
     config.data.mean = (127.5, 127.5, 127.5)
     config.data.std = (127.5, 127.5, 127.5)
-    config.data.crop_area_range = (0.7, 1.0)  # digits fill the 8x8 frame: keep most of it
-    config.data.random_flip = False  # a flipped digit is another digit (or none)
-    config.data.eval_crop_fraction = 1.0
 
     config.log_every_steps = 20
     config.eval_every_steps = 0

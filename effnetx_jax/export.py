@@ -161,8 +161,8 @@ def main(argv):
         paths = exporter(
             values.workdir, values.out, weights=values.weights, step=values.step, platforms=values.platforms
         )
-    except FileNotFoundError as error:
-        raise SystemExit(f"error: {error}") from error
+    except (OSError, ValueError) as error:  # no weights in DIR, a bad --weights/--step
+        raise SystemExit(f"error: {error}") from None
     total = sum(os.path.getsize(path) for path in paths)
     print(f"{values.format} export of {values.workdir} for {', '.join(values.platforms)}:")
     for path in paths:

@@ -46,15 +46,12 @@ class Prediction:
 
 
 def eval_pixels(data: bytes, config) -> np.ndarray:
-    """uint8 [R, R, 3]: the evaluation view of an encoded image (the input pipeline's `EvalView`)."""
-    from effnetx_jax.data import decode, preprocessing
+    """uint8 [R, R, 3]: the evaluation view of an encoded image, as the input pipeline makes it for eval.py."""
+    from effnetx_jax.data import preprocessing
 
-    resolution = config.model.resolution
-    height, width = size = decode.image_size(data)
-    box = preprocessing.centre_crop_box(height, width, float(config.data.eval_crop_fraction))
-    # min_side lets a large JPEG decode at a reduced DCT scale, as the pipeline does: same pixels as eval.py.
-    crop = decode.decode_crop(data, size, box, min_side=resolution)
-    return preprocessing.resize(crop, resolution, preprocessing.resize_method(config))
+    return preprocessing.eval_image(
+        data, config.model.resolution, float(config.data.eval_crop_fraction), preprocessing.resize_method(config)
+    )
 
 
 def read_pixels(paths: list[str], config) -> np.ndarray:
@@ -209,8 +206,8 @@ def main(argv):
     values = flags.FLAGS
     try:
         predictions = predict(values.workdir, argv[1:], top_k=values.top_k, weights=values.weights, step=values.step)
-    except (ImageError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from error
+    except (OSError, ValueError) as error:  # an unreadable image, no weights in DIR, a bad --weights/--step
+        raise SystemExit(f"error: {error}") from None
     print("\n".join(format_prediction(prediction) for prediction in predictions), flush=True)
 
 

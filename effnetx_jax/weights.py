@@ -122,6 +122,7 @@ def save_converted(directory: str, config: ml_collections.ConfigDict, variables:
 def _restore_numpy(path: str, fields: dict[str, str]) -> dict:
     """The top-level entries `fields.values()` of the orbax tree at `path`, renamed to `fields.keys()`,
     as numpy arrays; the other entries (an optimizer state) are not read."""
+    path = os.path.abspath(path)  # orbax reads relative paths as no checkpoint at all
     checkpointer = ocp.PyTreeCheckpointer()
     saved = checkpointer.metadata(path).item_metadata.tree
     item = {field: saved[field] for field in fields.values()}

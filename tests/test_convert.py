@@ -150,9 +150,10 @@ def write_config_file(path, config) -> str:
     return str(path)
 
 
-def test_tf_training_checkpoint_round_trip_through_the_command_line(tf_training_checkpoint, tmp_path):
+def test_tf_training_checkpoint_round_trip_through_the_command_line(tf_training_checkpoint, tmp_path, monkeypatch):
     config, prefix, ema_values = tf_training_checkpoint
     out = tmp_path / "converted"
+    # Run from outside the repository, with a relative --out.
     result = subprocess.run(
         [
             sys.executable,
@@ -161,9 +162,9 @@ def test_tf_training_checkpoint_round_trip_through_the_command_line(tf_training_
             "tf",
             str(prefix),
             f"--config={write_config_file(tmp_path / 'config.py', config)}",
-            f"--out={out}",
+            "--out=converted",
         ],
-        cwd=REPO,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
@@ -173,7 +174,8 @@ def test_tf_training_checkpoint_round_trip_through_the_command_line(tf_training_
     assert f"tiny: {len(names)} tensors" in result.stdout and f"({len(names)} of them EMA shadows)" in result.stdout
 
     # The EMA shadows were taken (not the raw weights), in Flax's layout; everything else was dropped.
-    model, variables = weights.load(str(out))
+    monkeypatch.chdir(tmp_path)
+    model, variables = weights.load("converted")
     loaded = flat(jax.tree.map(np.asarray, variables))
     assert loaded.keys() == flat(ema_values).keys()
     for key, value in flat(ema_values).items():
@@ -234,7 +236,7 @@ def test_missing_and_unexpected_tensors_are_listed(data_dir, tmp_path):
 def test_a_registered_variant_gets_its_preprocessing():
     b0 = convert.converted_config("efficientnet-b0", 1000)
     assert b0.model.resolution == 224 and b0.model.dtype == "float32"
-    assert b0.data.eval_crop_fraction == pytest.approx(224 / 256) and b0.data.resize == "bicubic"
+    assert b0.data.eval_crop_fraction == pytest.approx(224 / 256) and b0.data.resize == "bicubic_tf1"
     assert tuple(b0.data.mean) == common.IMAGENET_MEAN and tuple(b0.data.std) == common.IMAGENET_STD
     b7 = convert.converted_config("efficientnet-b7", 1000, advprop=True)
     assert b7.model.resolution == 600 and b7.data.eval_crop_fraction == pytest.approx(600 / 632)

@@ -10,15 +10,20 @@ weights expect), the Flax variables and a report; `effnetx_jax.weights.save_conv
 from __future__ import annotations
 
 import os
+import pathlib
 
 import ml_collections
 
+from effnetx_jax import config_files
 from effnetx_jax.convert import tf_checkpoint, timm_weights
 from effnetx_jax.convert.layout import model_layers
 from effnetx_jax.convert.matching import ConversionError, assemble
 from effnetx_jax.models import architecture
 
 SOURCES = ("tf", "timm")
+# The official recipe's config file in the checkout this package runs from (`pip install -e .`), read by
+# path so that the converter works from any directory.
+RECIPE_FILE = pathlib.Path(__file__).resolve().parents[2] / "configs" / "common.py"
 # AdvProp checkpoints were trained on images scaled to [-1, 1] (x * 2/255 - 1) instead of mean/std.
 ADVPROP_MEAN = ADVPROP_STD = (127.5, 127.5, 127.5)
 
@@ -26,12 +31,12 @@ __all__ = ["SOURCES", "ConversionError", "convert", "converted_config"]
 
 
 def converted_config(model: str, num_classes: int | None, advprop: bool = False) -> ml_collections.ConfigDict:
-    """The ImageNet trainer config of `model` with the preprocessing of its published weights: float32,
-    the variant's resolution and the paper-era crop R/(R+32), bicubic resize, mean/std or AdvProp's range."""
-    from configs import common
-
-    config = common.get_config(model)
+    """The ImageNet trainer config of `model` with the preprocessing its published weights were evaluated
+    with: float32, the variant's resolution, the paper-era centre crop R/(R+32), TF1's `resize_bicubic`
+    (exactly, `bicubic_tf1`: the reference's default resize), ImageNet mean/std or AdvProp's [-1, 1]."""
+    config = config_files.load_config(f"{RECIPE_FILE}:{model}")
     config.model.dtype = "float32"
+    config.data.resize = "bicubic_tf1"
     if num_classes is not None:
         config.model.num_classes = num_classes
     if advprop:

@@ -164,6 +164,14 @@ def resize(image: np.ndarray, size: int, method: str = "bicubic") -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
+def eval_image(data: bytes, size: int, crop_fraction: float, method: str) -> np.ndarray:
+    """The evaluation view of an encoded image: its centre crop resized to [size, size, 3] uint8; a JPEG
+    much larger than the crop is decoded at a reduced DCT scale."""
+    height, width = image_size = decode.image_size(data)
+    box = centre_crop_box(height, width, crop_fraction)
+    return resize(decode.decode_crop(data, image_size, box, size), size, method)
+
+
 def resize_method(config) -> str:
     method = config.data.resize
     if method not in RESIZE_METHODS:
@@ -252,9 +260,7 @@ class EvalView(_ImageTransform):
     crop_fraction: float
 
     def view(self, record) -> np.ndarray:
-        height, width = size = decode.image_size(record["image"])
-        box = centre_crop_box(height, width, self.crop_fraction)
-        return resize(decode.decode_crop(record["image"], size, box, self.size), self.size, self.resize_method)
+        return eval_image(record["image"], self.size, self.crop_fraction, self.resize_method)
 
 
 @dataclasses.dataclass(frozen=True)
