@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+import effnetx_jax
 from configs import finetune
 from effnetx_jax import data, weights
 from effnetx_jax.models import create_model
@@ -72,6 +73,12 @@ def test_finetune_loads_every_weight_but_the_classifier_then_resumes_from_the_wo
                 assert trained[key].shape[-1] == 10  # a new, freshly initialised 10-class head
             else:
                 np.testing.assert_array_equal(trained[key], value, err_msg=key)
+
+    # effnetx_jax.load reads the workdir's EMA weights into the model of its config.json.
+    model, variables = effnetx_jax.load(str(tmp_path))
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    expected = create_model(config.model).apply(weights.read_variables(str(tmp_path)), images, train=False)
+    np.testing.assert_allclose(model.apply(variables, images, train=False), expected, rtol=1e-6, atol=1e-6)
 
     # A checkpoint in the workdir comes first: init_from is not even read.
     config.init_from, config.total_steps = str(tmp_path / "no-such-directory"), 3
