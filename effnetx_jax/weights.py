@@ -101,19 +101,21 @@ def save_converted(directory: str, config: ml_collections.ConfigDict, variables:
     directory = os.path.abspath(directory)
     if os.path.exists(os.path.join(directory, VARIABLES_DIR)):
         raise FileExistsError(f"{directory} already holds a converted checkpoint; choose another --out or remove it")
-    os.makedirs(directory, exist_ok=True)
-    checkpointer = ocp.PyTreeCheckpointer()
-    checkpointer.save(
-        os.path.join(directory, VARIABLES_DIR), {key: variables[key] for key in ("params", "batch_stats")}
-    )
     docstring = (
         f"{config.model.name} converted from {report['source']} ({report['format']}) by effnetx_jax.convert.\n\n"
         f"  python eval.py --config={os.path.join(directory, CONFIG_FILE)} --workdir={directory}\n\n"
         "Preprocessing (resolution, crop, resize, mean/std) as the weights expect; dataset and batch sizes\n"
         "as the ImageNet recipe (configs/common.py)."
     )
+    # Rendered before anything is written: a config that cannot be written leaves no half checkpoint.
+    config_source = config_files.render_config(config, docstring)
+    os.makedirs(directory, exist_ok=True)
+    checkpointer = ocp.PyTreeCheckpointer()
+    checkpointer.save(
+        os.path.join(directory, VARIABLES_DIR), {key: variables[key] for key in ("params", "batch_stats")}
+    )
     with open(os.path.join(directory, CONFIG_FILE), "w") as file:
-        file.write(config_files.render_config(config, docstring))
+        file.write(config_source)
     with open(os.path.join(directory, REPORT_FILE), "w") as file:
         json.dump(report, file, indent=2)
         file.write("\n")

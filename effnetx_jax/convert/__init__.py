@@ -9,8 +9,10 @@ weights expect), the Flax variables and a report; `effnetx_jax.weights.save_conv
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
+from collections.abc import Callable
 
 import ml_collections
 
@@ -44,37 +46,59 @@ def converted_config(model: str, num_classes: int | None, advprop: bool = False)
     return config
 
 
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """What differs between the formats: the reader, the classifier's class count, the names each Flax
+    variable is read from, and which of the file's tensors are training state rather than model."""
+
+    reader: tf_checkpoint.CheckpointReader | timm_weights.SafetensorsReader
+    description: str
+    num_classes: int | None
+    wanted: Callable[[list, ml_collections.ConfigDict], dict]
+    dropped: Callable[[str], bool]
+
+
+def _open(kind: str, source: str) -> _Source:
+    if kind == "tf":
+        reader = tf_checkpoint.CheckpointReader(source)
+        scope = tf_checkpoint.model_scope(reader.shapes)
+        return _Source(
+            reader,
+            f"the TF checkpoint {source} (scope {scope!r})",
+            tf_checkpoint.num_classes(reader.shapes, scope),
+            lambda layers, _: tf_checkpoint.wanted_tensors(layers, scope, reader.shapes),
+            tf_checkpoint.is_dropped,
+        )
+    if kind == "timm":
+        reader = timm_weights.SafetensorsReader(source)
+        return _Source(
+            reader,
+            f"the timm weights {source}",
+            timm_weights.num_classes(reader.shapes),
+            lambda layers, model_cfg: timm_weights.wanted_tensors(layers, architecture(model_cfg)),
+            timm_weights.is_dropped,
+        )
+    raise ValueError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCES)}")
+
+
 def convert(kind: str, source: str, model: str | ml_collections.ConfigDict, *, advprop: bool = False):
     """Reads `source` (a TF checkpoint prefix or a timm .safetensors file) as the weights of `model`: a
     registered variant's name, or a trainer config (any architecture, e.g. a custom or LACS-scaled one).
     Returns `(config, variables, report)`; raises `ConversionError` if the weights do not fit the model."""
-    if kind not in SOURCES:
-        raise ValueError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCES)}")
-    if kind == "tf":
-        reader = tf_checkpoint.CheckpointReader(source)
-        scope = tf_checkpoint.model_scope(reader.shapes)
-        classes = tf_checkpoint.num_classes(reader.shapes, scope)
-        dropped = tf_checkpoint.is_dropped
-        described = f"the TF checkpoint {source} (scope {scope!r})"
-    else:
-        reader = timm_weights.SafetensorsReader(source)
-        classes = timm_weights.num_classes(reader.shapes)
-        dropped = timm_weights.is_dropped
-        described = f"the timm weights {source}"
-    config = converted_config(model, classes, advprop) if isinstance(model, str) else model
+    opened = _open(kind, source)
+    config = converted_config(model, opened.num_classes, advprop) if isinstance(model, str) else model
     layers = model_layers(config.model)
-    if kind == "tf":
-        wanted = tf_checkpoint.wanted_tensors(layers, scope, reader.shapes)
-    else:
-        wanted = timm_weights.wanted_tensors(layers, architecture(config.model))
+    wanted = opened.wanted(layers, config.model)
     used = {tensor.name for tensor in wanted.values()}
 
     def ignored(name: str) -> bool:
         # Optimizer slots and counters, and the raw variables whose EMA shadows were taken.
-        return dropped(name) or name + tf_checkpoint.EMA_SUFFIX in used
+        return opened.dropped(name) or name + tf_checkpoint.EMA_SUFFIX in used
 
     name = config.model.name
-    variables = assemble(layers, wanted, reader.shapes, reader.read, source=described, model=name, ignored=ignored)
+    variables = assemble(
+        layers, wanted, opened.reader.shapes, opened.reader.read, source=opened.description, model=name, ignored=ignored
+    )
     report = {
         "source": os.path.abspath(source),
         "format": kind,
@@ -85,6 +109,6 @@ def convert(kind: str, source: str, model: str | ml_collections.ConfigDict, *, a
         ),
         "tensors_loaded": len(wanted),
         "ema_shadows_used": sum(tensor.name.endswith(tf_checkpoint.EMA_SUFFIX) for tensor in wanted.values()),
-        "dropped": sorted(name for name in reader.shapes if ignored(name)),
+        "dropped": sorted(name for name in opened.reader.shapes if ignored(name)),
     }
     return config, variables, report

@@ -21,11 +21,12 @@ from effnetx_jax.train import sharding
 _TARGETS = {"params": ("params", "ema_params"), "batch_stats": ("batch_stats", "ema_batch_stats")}
 
 
+def _key(path) -> str:
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
 def _flat(tree) -> dict[str, object]:
-    return {
-        jax.tree_util.keystr(path, simple=True, separator="/"): leaf
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
+    return {_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _exclusion(config):
@@ -72,14 +73,14 @@ def initialize(state, pretrained: dict[str, np.ndarray]):
     """`state` with the pretrained values (from `read_pretrained`) in its params, batch_stats and their EMAs,
     each placed like the array it replaces (every process holds the whole value, as it read the files)."""
 
+    def leaf_value(path, leaf):
+        key = _key(path)
+        return sharding.global_array(pretrained[key], leaf) if key in pretrained else leaf
+
     updates = {}
     for collection, fields in _TARGETS.items():
         for field in fields:
-            tree = getattr(state, field)
-            paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-            leaves = []
-            for path, leaf in paths:
-                key = collection + "/" + jax.tree_util.keystr(path, simple=True, separator="/")
-                leaves.append(sharding.global_array(pretrained[key], leaf) if key in pretrained else leaf)
-            updates[field] = jax.tree_util.tree_unflatten(treedef, leaves)
+            # Under the collection's name, the paths are read_pretrained's keys.
+            wrapped = {collection: getattr(state, field)}
+            updates[field] = jax.tree_util.tree_map_with_path(leaf_value, wrapped)[collection]
     return state.replace(**updates)
