@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+from typing import NoReturn
 
 import ml_collections
 
@@ -24,6 +25,11 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 def config_error(key: str, reason: str) -> ValueError:
     """The error for a bad experiment or trainer config key: `config.<key>: <reason>`."""
     return ValueError(f"config.{key}: {reason}")
+
+
+def fail(key: str, reason: str) -> NoReturn:
+    """Raises `config_error(key, reason)`: config checks stop at the first bad key."""
+    raise config_error(key, reason)
 
 
 def require_keys(config: ml_collections.ConfigDict, keys, example: str) -> None:

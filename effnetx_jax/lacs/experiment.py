@@ -32,10 +32,6 @@ CONSTRAINTS = ("flops", "latency")
 Point = tuple[float, float, float]
 
 
-def _fail(key: str, reason: str):
-    raise config_files.config_error(key, reason)
-
-
 def check_experiment(config: ml_collections.ConfigDict) -> None:
     """Every problem of the experiment config, named by its key, before anything is measured or trained."""
     config_files.require_keys(
@@ -60,28 +56,36 @@ def check_experiment(config: ml_collections.ConfigDict) -> None:
     for name in COEFFICIENTS:
         values = config.grid[name]
         if isinstance(values, str) or not values:
-            _fail(f"grid.{name}", f"must be a non-empty list of numbers, got {values!r}")
+            config_files.fail(f"grid.{name}", f"must be a non-empty list of numbers, got {values!r}")
         if any(not isinstance(v, (int, float)) or v < 1 for v in values):
-            _fail(f"grid.{name}", f"every coefficient must be a number >= 1 (phi scales the model up), got {values}")
+            config_files.fail(
+                f"grid.{name}", f"every coefficient must be a number >= 1 (phi scales the model up), got {values}"
+            )
     if config.constraint.kind not in CONSTRAINTS:
-        _fail("constraint.kind", f"must be one of {CONSTRAINTS}, got {config.constraint.kind!r}")
+        config_files.fail("constraint.kind", f"must be one of {CONSTRAINTS}, got {config.constraint.kind!r}")
     if not config.constraint.target > 1:
-        _fail("constraint.target", f"must be > 1 (a multiple of the base model's cost), got {config.constraint.target}")
+        config_files.fail(
+            "constraint.target", f"must be > 1 (a multiple of the base model's cost), got {config.constraint.target}"
+        )
     if not config.constraint.tolerance >= 0:
-        _fail("constraint.tolerance", f"must be >= 0, got {config.constraint.tolerance}")
+        config_files.fail("constraint.tolerance", f"must be >= 0, got {config.constraint.tolerance}")
     if config.objective.exponent > 0:
-        _fail("objective.exponent", f"must be <= 0 (slower models earn less), got {config.objective.exponent}")
+        config_files.fail(
+            "objective.exponent", f"must be <= 0 (slower models earn less), got {config.objective.exponent}"
+        )
     if config.objective.target_latency_ms < 0:
-        _fail("objective.target_latency_ms", f"must be >= 0, got {config.objective.target_latency_ms}")
+        config_files.fail("objective.target_latency_ms", f"must be >= 0, got {config.objective.target_latency_ms}")
     candidates.check_latency(config.latency)
     family = config.family
     if len(family.phis) != len(family.names):
-        _fail("family.phis", f"needs one phi per name ({len(family.names)}), got {len(family.phis)}")
+        config_files.fail("family.phis", f"needs one phi per name ({len(family.names)}), got {len(family.phis)}")
     for key in ("dropout", "se_coefficient"):
         if family[key] and len(family[key]) != len(family.names):
-            _fail(f"family.{key}", f"needs one value per name ({len(family.names)}) or none, got {family[key]!r}")
+            config_files.fail(
+                f"family.{key}", f"needs one value per name ({len(family.names)}) or none, got {family[key]!r}"
+            )
     if any(phi <= 0 for phi in family.phis):
-        _fail("family.phis", f"must be > 0, got {family.phis}")
+        config_files.fail("family.phis", f"must be > 0, got {family.phis}")
 
 
 def grid_points(config: ml_collections.ConfigDict) -> list[Point]:

@@ -12,6 +12,7 @@ import dataclasses
 
 import ml_collections
 
+from effnetx_jax import config_files
 from effnetx_jax.models import block_string, registry, shapes
 from effnetx_jax.models.scaling import Architecture, expand_stages, round_filters
 
@@ -57,7 +58,7 @@ _KNOWN_KEYS = frozenset(model_config().keys())
 
 
 def _fail(key: str, reason: str):
-    raise ValueError(f"config.model.{key}: {reason}")
+    config_files.fail(f"model.{key}", reason)
 
 
 def _check_fields(cfg) -> None:

@@ -34,10 +34,6 @@ from effnetx_jax.search.space import GLOBAL_CHOICES, STAGE_CHOICES, SearchSpace
 ALGORITHMS = ("aging", "nsga2")
 
 
-def _fail(key: str, reason: str):
-    raise config_files.config_error(key, reason)
-
-
 def check_experiment(config: ml_collections.ConfigDict) -> None:
     """Every problem of the experiment config, named by its key, before anything is measured or trained."""
     config_files.require_keys(
@@ -61,32 +57,34 @@ def check_experiment(config: ml_collections.ConfigDict) -> None:
     for choice in STAGE_CHOICES + GLOBAL_CHOICES:
         values = config.space[choice]
         if isinstance(values, str) or not values:
-            _fail(f"space.{choice}", f"must be a non-empty list of choices, got {values!r}")
+            config_files.fail(f"space.{choice}", f"must be a non-empty list of choices, got {values!r}")
     if config.algorithm.kind not in ALGORITHMS:
-        _fail("algorithm.kind", f"must be one of {ALGORITHMS}, got {config.algorithm.kind!r}")
+        config_files.fail("algorithm.kind", f"must be one of {ALGORITHMS}, got {config.algorithm.kind!r}")
     if not 1 <= config.algorithm.sample_size <= config.algorithm.population:
-        _fail("algorithm.sample_size", f"must be in [1, population={config.algorithm.population}]")
+        config_files.fail("algorithm.sample_size", f"must be in [1, population={config.algorithm.population}]")
     if config.budget.max_trials < 0 or config.budget.max_hours < 0:
-        _fail("budget", "max_trials and max_hours must be >= 0 (0: no limit)")
+        config_files.fail("budget", "max_trials and max_hours must be >= 0 (0: no limit)")
     if not (config.budget.max_trials or config.budget.max_hours):
-        _fail("budget", "set max_trials, max_hours or both: a search without a budget never ends")
+        config_files.fail("budget", "set max_trials, max_hours or both: a search without a budget never ends")
     if config.objective.exponent > 0:
-        _fail("objective.exponent", f"must be <= 0 (slower models earn less), got {config.objective.exponent}")
+        config_files.fail(
+            "objective.exponent", f"must be <= 0 (slower models earn less), got {config.objective.exponent}"
+        )
     if config.objective.target_latency_ms < 0:
-        _fail("objective.target_latency_ms", f"must be >= 0, got {config.objective.target_latency_ms}")
+        config_files.fail("objective.target_latency_ms", f"must be >= 0, got {config.objective.target_latency_ms}")
     if not config.objective.target_latency_ms and not config.references:
-        _fail("objective.target_latency_ms", "must be > 0 when there are no references to take it from")
+        config_files.fail("objective.target_latency_ms", "must be > 0 when there are no references to take it from")
     candidates.check_latency(config.latency)
     space = space_of(config)
     try:
         space.random(np.random.default_rng(config.seed))
     except ValueError as error:
-        _fail("space", str(error))
+        config_files.fail("space", str(error))
     for name in config.references:
         try:
             space.from_model(reference_model(config, name))
         except ValueError as error:
-            _fail("references", f"{name!r} is not a point of the space: {error}")
+            config_files.fail("references", f"{name!r} is not a point of the space: {error}")
 
 
 def space_of(config: ml_collections.ConfigDict) -> SearchSpace:

@@ -8,11 +8,8 @@ import math
 
 import jax
 
+from effnetx_jax import config_files
 from effnetx_jax.models import architecture
-
-
-def _fail(key: str, reason: str):
-    raise ValueError(f"config.{key}: {reason}")
 
 
 def _positive(value) -> bool:
@@ -23,7 +20,7 @@ def _steps(config, name: str, steps_per_epoch: float, required: bool) -> int:
     """`<name>_steps` or `<name>_epochs`: exactly one positive (0 or unset means absent)."""
     steps, epochs = config.get(f"{name}_steps"), config.get(f"{name}_epochs")
     if _positive(steps) and _positive(epochs):
-        _fail(
+        config_files.fail(
             f"{name}_steps",
             f"both {name}_steps={steps} and {name}_epochs={epochs} are set; give exactly one "
             f"(on the command line, zero the other: --config.{name}_epochs=0)",
@@ -33,7 +30,7 @@ def _steps(config, name: str, steps_per_epoch: float, required: bool) -> int:
     if _positive(epochs):
         return max(1, math.ceil(epochs * steps_per_epoch))
     if required:
-        _fail(f"{name}_steps", f"set {name}_steps or {name}_epochs")
+        config_files.fail(f"{name}_steps", f"set {name}_steps or {name}_epochs")
     return 0
 
 
@@ -74,26 +71,30 @@ def check_config(config, num_classes: int) -> None:
     for key in ("batch_size", "eval_batch_size"):
         value = config[key]
         if not isinstance(value, int) or value < 1:
-            _fail(key, f"must be a positive integer, got {value!r}")
+            config_files.fail(key, f"must be a positive integer, got {value!r}")
         if value % devices:
-            _fail(key, f"{key}={value} is not divisible by the {devices} devices; use a multiple of {devices}")
+            config_files.fail(
+                key, f"{key}={value} is not divisible by the {devices} devices; use a multiple of {devices}"
+            )
     if config.model.num_classes != num_classes:
-        _fail(
+        config_files.fail(
             "model.num_classes",
             f"is {config.model.num_classes} but dataset {config.dataset!r} has {num_classes} classes",
         )
     fsdp = config.fsdp_size
     if not isinstance(fsdp, int) or fsdp < 1 or devices % fsdp:
-        _fail("fsdp_size", f"fsdp_size={fsdp!r} must be a positive divisor of the {devices} devices (1: replicated)")
+        config_files.fail(
+            "fsdp_size", f"fsdp_size={fsdp!r} must be a positive divisor of the {devices} devices (1: replicated)"
+        )
     group = config.bn_group_size
     if not isinstance(group, int) or group < 0 or (group and devices % group):
-        _fail(
+        config_files.fail(
             "bn_group_size",
             f"bn_group_size={group!r} must be 0 (statistics over the global batch) or a divisor of the "
             f"{devices} devices",
         )
     for key in ("label_smoothing", "weight_decay", "ema_decay"):
         if not 0 <= config[key] < 1:
-            _fail(key, f"must be in [0, 1), got {config[key]}")
+            config_files.fail(key, f"must be in [0, 1), got {config[key]}")
     if config.keep_checkpoints < 1:
-        _fail("keep_checkpoints", f"must be >= 1, got {config.keep_checkpoints}")
+        config_files.fail("keep_checkpoints", f"must be >= 1, got {config.keep_checkpoints}")
