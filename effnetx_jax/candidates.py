@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import ml_collections
 
@@ -89,22 +90,25 @@ def analytic_latency_ms(model: ml_collections.ConfigDict, latency: ml_collection
     return seconds * 1e3
 
 
-def proxy_accuracy(trainer_config, model, workdir: str, metric: str) -> float:
-    """Trains `model` with `trainer_config` in `workdir` and returns the final value of `metric`.
+def proxy_train(trainer_config, model, workdir: str, metric: str) -> dict:
+    """Trains `model` with `trainer_config` in `workdir`: the final value of `metric` as `accuracy`, and
+    the seconds the run took as `proxy_train_s`.
 
     A rerun after an interruption resumes from the checkpoint in `workdir`; a run that had already
     finished trains no further, and its metric is read back from `metrics.jsonl`.
     """
     from effnetx_jax.train import train_and_evaluate
 
+    start = time.perf_counter()
     metrics = train_and_evaluate(with_model(trainer_config, model), workdir)
+    seconds = round(time.perf_counter() - start, 1)
     if metrics.get("preempted"):
         raise Interrupted(f"the proxy training in {workdir} stopped on SIGTERM at step {metrics['step']}")
     if metric not in metrics:
         metrics = _last_logged(workdir, metric)
     if metric not in metrics:
         raise KeyError(f"the proxy training reported no {metric!r}; it reported {sorted(metrics)}")
-    return metrics[metric]
+    return {"accuracy": metrics[metric], "proxy_train_s": seconds}
 
 
 def _last_logged(workdir: str, metric: str) -> dict:
