@@ -12,6 +12,7 @@ import time
 
 import ml_collections
 
+from effnetx_jax import config_files
 from effnetx_jax.models import architecture, costs
 
 
@@ -49,18 +50,18 @@ LATENCY_SOURCES = ("measured", "analytic")
 def check_latency(latency: ml_collections.ConfigDict) -> None:
     """Rejects a bad `config.latency` section, naming the key."""
     if latency.mode not in LATENCY_MODES:
-        raise ValueError(f"config.latency.mode: must be one of {LATENCY_MODES}, got {latency.mode!r}")
+        config_files.fail("latency.mode", f"must be one of {LATENCY_MODES}, got {latency.mode!r}")
     if latency.dtype not in LATENCY_DTYPES:
-        raise ValueError(f"config.latency.dtype: must be one of {LATENCY_DTYPES}, got {latency.dtype!r}")
+        config_files.fail("latency.dtype", f"must be one of {LATENCY_DTYPES}, got {latency.dtype!r}")
     if latency.batch < 1 or latency.steps < 1:
-        raise ValueError(f"config.latency: batch and steps must be >= 1, got {latency.batch} and {latency.steps}")
+        config_files.fail("latency", f"batch and steps must be >= 1, got {latency.batch} and {latency.steps}")
     source = latency.get("source", "measured")
     if source not in LATENCY_SOURCES:
-        raise ValueError(f"config.latency.source: must be one of {LATENCY_SOURCES}, got {source!r}")
+        config_files.fail("latency.source", f"must be one of {LATENCY_SOURCES}, got {source!r}")
     if source == "analytic" and not (latency.get("peak_tflops", 0) > 0 and latency.get("memory_gbs", 0) > 0):
-        raise ValueError("config.latency: the analytic source needs peak_tflops > 0 and memory_gbs > 0 (the target's)")
+        config_files.fail("latency", "the analytic source needs peak_tflops > 0 and memory_gbs > 0 (the target's)")
     if source == "analytic" and latency.mode != "infer":
-        raise ValueError("config.latency.mode: the analytic source estimates inference only; use mode='infer'")
+        config_files.fail("latency.mode", "the analytic source estimates inference only; use mode='infer'")
 
 
 def benchmark(model: ml_collections.ConfigDict, latency: ml_collections.ConfigDict) -> dict:

@@ -28,6 +28,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from effnetx_jax import config_files
 from effnetx_jax.data import preprocessing, sources
 
 READ_THREADS = 16  # Grain's default number of reader threads per process
@@ -47,8 +48,8 @@ class DatasetInfo:
 def _local_batch_size(config, key: str, process_count: int) -> int:
     global_batch = config[key]
     if global_batch < process_count or global_batch % process_count:
-        raise ValueError(
-            f"config.{key}: the global batch ({global_batch}) must divide evenly between the {process_count} processes"
+        config_files.fail(
+            key, f"the global batch ({global_batch}) must divide evenly between the {process_count} processes"
         )
     return global_batch // process_count
 
@@ -108,7 +109,7 @@ def train_loader(config, *, process_index: int = 0, process_count: int = 1, star
     """
     local_batch = _local_batch_size(config, "batch_size", process_count)
     if not 0 <= config.seed < 2**32:
-        raise ValueError(f"config.seed: Grain needs a seed in [0, 2**32), got {config.seed}")
+        config_files.fail("seed", f"Grain needs a seed in [0, 2**32), got {config.seed}")
     view = preprocessing.train_view(config)  # checks config.data.augment before any data is read
     source = sources.open_split(config, "train_split")
     stream = grain.MapDataset.source(source).map_with_index(preprocessing.WithIndex())

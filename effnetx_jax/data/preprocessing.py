@@ -39,6 +39,7 @@ import grain
 import numpy as np
 from absl import logging
 
+from effnetx_jax import config_files
 from effnetx_jax.data import augment as augment_lib
 from effnetx_jax.data import decode
 
@@ -175,7 +176,7 @@ def eval_image(data: bytes, size: int, crop_fraction: float, method: str) -> np.
 def resize_method(config) -> str:
     method = config.data.resize
     if method not in RESIZE_METHODS:
-        raise ValueError(f"config.data.resize: {method!r} is not one of {', '.join(RESIZE_METHODS)}")
+        config_files.fail("data.resize", f"{method!r} is not one of {', '.join(RESIZE_METHODS)}")
     return method
 
 

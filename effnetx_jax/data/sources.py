@@ -22,6 +22,8 @@ import functools
 import importlib
 import os
 
+from effnetx_jax import config_files
+
 ARRAY_RECORD = "array_record"
 # Datasets of this package, built locally by their TFDS builders when first asked for.
 BUILT_ON_FIRST_USE = {"digits": "effnetx_jax.data.digits", "synthetic_imagenet": "effnetx_jax.data.synthetic"}
@@ -100,8 +102,8 @@ def _num_examples(builder, split: str, key: str) -> int:
         return builder.info.splits[split].num_examples
     except (KeyError, ValueError, AssertionError) as error:
         available = ", ".join(sorted(builder.info.splits))
-        raise ValueError(
-            f"config.{key}: dataset {builder.name!r} has no split {split!r}; available splits: {available}"
+        raise config_files.config_error(
+            key, f"dataset {builder.name!r} has no split {split!r}; available splits: {available}"
         ) from error
 
 
@@ -152,7 +154,7 @@ class ImageFolderSplit:
 def _folder_root(config) -> str:
     root = config.dataset[len(FOLDER_PREFIX) :]
     if not os.path.isdir(root):
-        raise ValueError(f"config.dataset: {config.dataset!r} names no folder ({root!r} does not exist)")
+        config_files.fail("dataset", f"{config.dataset!r} names no folder ({root!r} does not exist)")
     return root
 
 
@@ -170,28 +172,29 @@ def _folder_classes(config) -> tuple[str, ...]:
     root = _folder_root(config)
     split_dir = os.path.join(root, config.train_split)
     if not os.path.isdir(split_dir):
-        raise ValueError(_missing_split(root, config.train_split, "train_split"))
+        config_files.fail("train_split", _missing_split(root, config.train_split))
     classes = _classes_in(split_dir)
     if not classes:
-        raise ValueError(f"config.dataset: {split_dir} has no class subfolders (expected {split_dir}/<class>/<image>)")
+        config_files.fail("dataset", f"{split_dir} has no class subfolders (expected {split_dir}/<class>/<image>)")
     return classes
 
 
-def _missing_split(root: str, split: str, key: str) -> str:
+def _missing_split(root: str, split: str) -> str:
     available = ", ".join(_subfolders(root))
-    return f"config.{key}: folder dataset {root!r} has no split {split!r}; available splits: {available}"
+    return f"folder dataset {root!r} has no split {split!r}; available splits: {available}"
 
 
 @functools.cache
 def _folder_split(root: str, split: str, key: str, classes: tuple[str, ...]) -> ImageFolderSplit:
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
-        raise ValueError(_missing_split(root, split, key))
+        config_files.fail(key, _missing_split(root, split))
     unknown = sorted(set(_subfolders(split_dir)) - set(classes))
     if unknown:
-        raise ValueError(
-            f"config.{key}: {split_dir} has classes the training split lacks: {', '.join(unknown)} "
-            "(labels come from the training split's subfolders)"
+        config_files.fail(
+            key,
+            f"{split_dir} has classes the training split lacks: {', '.join(unknown)} "
+            "(labels come from the training split's subfolders)",
         )
     paths, labels = [], []
     for label, name in enumerate(classes):
@@ -201,5 +204,5 @@ def _folder_split(root: str, split: str, key: str, classes: tuple[str, ...]) -> 
             paths.extend(os.path.join(class_dir, f) for f in files)
             labels.extend([label] * len(files))
     if not paths:
-        raise ValueError(f"config.{key}: {split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        config_files.fail(key, f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return ImageFolderSplit(tuple(paths), tuple(labels))

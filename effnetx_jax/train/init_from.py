@@ -14,7 +14,7 @@ import re
 import jax
 import numpy as np
 
-from effnetx_jax import weights
+from effnetx_jax import config_files, weights
 from effnetx_jax.train import sharding
 
 # The train-state fields filled from the pretrained variables.
@@ -34,7 +34,7 @@ def _exclusion(config):
     try:
         return re.compile(pattern) if pattern else None
     except re.error as error:
-        raise ValueError(f"config.init_exclude: {pattern!r} is not a regular expression: {error}") from None
+        raise config_files.config_error("init_exclude", f"{pattern!r} is not a regular expression: {error}") from None
 
 
 def read_pretrained(config, abstract_state) -> dict[str, np.ndarray]:
@@ -43,27 +43,29 @@ def read_pretrained(config, abstract_state) -> dict[str, np.ndarray]:
     variable that is missing or has another shape, and suggesting `config.init_exclude`."""
     directory = config.init_from
     if not os.path.isdir(directory):
-        raise ValueError(f"config.init_from: {directory!r} is not a directory")
+        config_files.fail("init_from", f"{directory!r} is not a directory")
     exclude = _exclusion(config)
     try:
         source = _flat(weights.read_variables(directory))
     except FileNotFoundError as error:
-        raise ValueError(f"config.init_from: {error}") from None
+        raise config_files.config_error("init_from", str(error)) from None
     expected = _flat({collection: getattr(abstract_state, collection) for collection in _TARGETS})
     loaded = {}
     for key, leaf in expected.items():
         if exclude and exclude.search(key):
             continue
         if key not in source:
-            raise ValueError(
-                f"config.init_from: {directory} has no {key}; it was saved from another architecture "
-                "(exclude such variables with config.init_exclude, a regular expression)"
+            config_files.fail(
+                "init_from",
+                f"{directory} has no {key}; it was saved from another architecture "
+                "(exclude such variables with config.init_exclude, a regular expression)",
             )
         if tuple(source[key].shape) != tuple(leaf.shape):
-            raise ValueError(
-                f"config.init_from: {key} has shape {list(source[key].shape)} in {directory} but {list(leaf.shape)} "
+            config_files.fail(
+                "init_from",
+                f"{key} has shape {list(source[key].shape)} in {directory} but {list(leaf.shape)} "
                 f"in this model; to keep it freshly initialised (e.g. a new classifier), set "
-                f"config.init_exclude to a regular expression that matches it, such as {key.split('/')[1]!r}"
+                f"config.init_exclude to a regular expression that matches it, such as {key.split('/')[1]!r}",
             )
         loaded[key] = source[key]
     return loaded

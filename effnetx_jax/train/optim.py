@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from effnetx_jax import config_files
+
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 # The names of the official `--optimizer` flag, plus adam.
 OPTIMIZERS = ("adam", "momentum", "rmsprop", "sgd")
@@ -82,7 +84,7 @@ def create_optimizer(
     elif name == "adam":
         tx = optax.adam(schedule)
     else:
-        raise ValueError(f"config.optimizer: unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+        config_files.fail("optimizer", f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
     return tx, schedule
 
 
@@ -128,7 +130,7 @@ def _decay_schedule(config, peak: float, steps_per_epoch: float, total_steps: in
         return lambda step: 0.5 * peak * (1.0 + jnp.cos(math.pi * _as_float(step) / jnp.float32(total_steps)))
     if name == "constant":
         return lambda step: jnp.asarray(peak, jnp.float32)
-    raise ValueError(f"config.lr_schedule: unknown schedule {name!r}; expected one of {', '.join(LR_SCHEDULES)}")
+    config_files.fail("lr_schedule", f"unknown schedule {name!r}; expected one of {', '.join(LR_SCHEDULES)}")
 
 
 def _as_float(step) -> jax.Array:
