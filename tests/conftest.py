@@ -10,13 +10,24 @@ import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import orbax.checkpoint as ocp
-
-from effnetx_jax.models import model_config
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Set before JAX is imported, so that they hold in this process and in every process a test starts (they
+# inherit the environment). The tests check behaviour, not speed: XLA's quick compile mode (compiling is
+# most of a test's time on CPU, and the programs stay exact), and one persistent compilation cache, so a
+# program compiled by one test or process is loaded by the next. The cache lives in the checkout's
+# .pytest_cache and is kept between sessions; its keys are the programs themselves.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+import pytest  # noqa: E402
+
+from effnetx_jax.models import model_config  # noqa: E402
 
 # One model that holds every block type: s2d (d1, then its d2 continuation ending at a stride-2 stage),
 # fused, space-to-batch, conv type 1, MBConv with and without SE, ReLU and swish, skip and noskip.
@@ -28,9 +39,6 @@ EVERY_BLOCK = (
     "r2_k5_s11_e6_i32_o32_se0.25_a0_noskip",
     "r2_k3_s22_e6_i32_o40_se0.25",
 )
-
-# Two stages (s2d + depthwise, then fused): the base of the LACS and search tests, compiled in seconds.
-TWO_STAGE_BLOCKS = ("r1_k3_s22_e1_i32_o16_se0.25_d1_a0", "r1_k3_s22_e4_i16_o24_f1_a1")
 
 
 def tiny_config(blocks, *, activation="relu", width=0.25, se_coefficient=1.0, **overrides):
@@ -50,35 +58,134 @@ def tiny_config(blocks, *, activation="relu", width=0.25, se_coefficient=1.0, **
     return cfg
 
 
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    """A TFDS data dir holding the bundled digits dataset, built once for the whole session."""
+    from effnetx_jax import data
+
+    path = tmp_path_factory.mktemp("tfds")
+    data.ensure_prepared("digits", str(path))
+    return path
+
+
 def init_variables(model, resolution=32, batch=2):
     images = jnp.zeros((batch, resolution, resolution, 3), jnp.float32)
     return jax.jit(lambda x: model.init({"params": jax.random.key(0)}, x))(images)
 
 
-def narrow_quickstart_flags(data_dir, workdir) -> list[str]:
-    """The flags of train.py and eval.py for the quickstart config with a narrow model, in `workdir`."""
+# The tests' training run: the quickstart shrunk to a narrow model, a small batch and a few steps. Its
+# learning-rate schedule does not depend on total_steps, so every run of this model, whatever its length
+# and in whichever process, compiles to the same programs and the compilation cache serves them all.
+TINY_RUN = {
+    "model.width": 0.25,
+    "model.depth": 0.25,
+    "model.head_filters": 64,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+    "lr_schedule": "exponential",
+}
+# Its durations and intervals are given in steps.
+IN_STEPS = {"total_epochs": 0.0, "eval_every_epochs": 0.0, "checkpoint_every_epochs": 0.0}
+
+
+def tiny_run_config(data_dir, **overrides):
+    """The tests' training run (`TINY_RUN`) as a config, 6 steps by default; `overrides` are dotted keys."""
+    from configs import quickstart
+
+    config = quickstart.get_config()
+    config.data_dir = str(data_dir)
+    defaults = {"total_steps": 6, "log_every_steps": 3, "eval_every_steps": 0, "checkpoint_every_steps": 3}
+    config.update_from_flattened_dict({**TINY_RUN, **IN_STEPS, **defaults, **overrides})
+    return config
+
+
+def tiny_run_flags(data_dir, workdir) -> list[str]:
+    """The flags of train.py and eval.py for the tests' training run (`TINY_RUN`) in `workdir`."""
     return [
         "--config=configs/quickstart.py",
         f"--workdir={workdir}",
         f"--config.data_dir={data_dir}",
-        "--config.model.width=0.25",
-        "--config.model.depth=0.25",
-        "--config.model.head_filters=64",
+        *(f"--config.{key}={value}" for key, value in TINY_RUN.items()),
     ]
 
 
 def train_command(data_dir, workdir, *overrides):
-    """`python train.py` on a narrow quickstart model (run from the repository root); `overrides` are flags."""
-    return [
-        sys.executable,
-        "train.py",
-        *narrow_quickstart_flags(data_dir, workdir),
-        "--config.batch_size=16",
-        "--config.total_epochs=0",
-        "--config.eval_every_epochs=0",
-        "--config.checkpoint_every_epochs=0",
-        *overrides,
-    ]
+    """`python train.py` on the tests' training run (run from the repository root); `overrides` are flags."""
+    in_steps = (f"--config.{key}={value}" for key, value in IN_STEPS.items())
+    return [sys.executable, "train.py", *tiny_run_flags(data_dir, workdir), *in_steps, *overrides]
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_dir, tmp_path_factory) -> pathlib.Path:
+    """The workdir of a finished 6-step tests' training run, evaluated and checkpointed at steps 3 and 6.
+
+    Shared by the tests that only read a workdir; a test that writes to one works on a copy
+    (`copy_of_trained_run`).
+    """
+    from effnetx_jax.train import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("trained_run")
+    train_and_evaluate(tiny_run_config(data_dir, eval_every_steps=3), str(workdir))
+    return workdir
+
+
+class DeviceWorker:
+    """A process with `devices` fake CPU devices running `train_and_evaluate` jobs (tests/device_worker.py).
+
+    `train(config, workdir)` returns the worker's reply: `devices`, `metrics` or `error`, and `log`.
+    """
+
+    def __init__(self, devices: int, log_path):
+        self.log_path = pathlib.Path(log_path)
+        env = process_env(devices)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / "tests" / "device_worker.py")],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+
+    def train(self, config, workdir, timeout_s: float = 600) -> dict:
+        import pickle
+        import select
+
+        pickle.dump((config, str(workdir)), self.process.stdin)
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout_s)
+        try:
+            assert ready, f"no reply within {timeout_s} s"
+            return pickle.load(self.process.stdout)
+        except (AssertionError, EOFError) as error:
+            self.close()
+            raise AssertionError(
+                f"device worker: {error}; its log ends:\n{self.log_path.read_text()[-3000:]}"
+            ) from None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def devices(tmp_path_factory):
+    """`devices(count)`: the session's DeviceWorker with `count` fake CPU devices, started on first use."""
+    workers: dict[int, DeviceWorker] = {}
+
+    def get(count: int) -> DeviceWorker:
+        if count not in workers:
+            workers[count] = DeviceWorker(count, tmp_path_factory.mktemp("device_worker") / f"{count}.log")
+        return workers[count]
+
+    yield get
+    for worker in workers.values():
+        worker.close()
 
 
 def free_port() -> int:
@@ -88,9 +195,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_env(devices: int = 1, *, distributed: bool = False) -> dict[str, str]:
+    """The environment of a process a test starts: JAX on the CPU with `devices` fake devices.
+
+    `distributed` is for one process of a multi-process run (`--num_processes`): it compiles without the
+    persistent cache. Its processes do not share cache entries (process 1 recompiles what process 0
+    cached) and a pair started on a warm cache crashed XLA:CPU here (a segfault in process 0).
+    """
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    if distributed:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    return env
+
+
 def tool_process(module: str, *flags: str) -> subprocess.Popen:
     """`python -m module flags...` from the repository root on the CPU, with its output captured."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = process_env(distributed=any(flag.startswith("--num_processes") for flag in flags))
     command = [sys.executable, "-m", module, *flags]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

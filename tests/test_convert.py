@@ -11,7 +11,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from test_train import tiny_config as trainer_config
 
 from configs import common
 from effnetx_jax import convert, weights
@@ -19,7 +18,7 @@ from effnetx_jax.convert import tf_checkpoint
 from effnetx_jax.convert.layout import model_layers
 from effnetx_jax.models import create_model, model_config
 
-from conftest import EVERY_BLOCK, REPO, init_variables, tiny_config
+from conftest import EVERY_BLOCK, REPO, init_variables, tiny_config, tiny_run_config
 
 EMA = "/ExponentialMovingAverage"
 
@@ -79,7 +78,7 @@ def test_tf_names_of_efficientnet_x_b0_follow_the_reference():
 
 def tiny_trainer_config(data_dir, blocks=EVERY_BLOCK, **model_overrides):
     """A trainer config (digits, 32 px) around a tiny model with every block type."""
-    config = trainer_config(data_dir)
+    config = tiny_run_config(data_dir)
     model = tiny_config(blocks, **model_overrides)
     config.model = model
     return config
@@ -129,11 +128,6 @@ def training_checkpoint(prefix, model_cfg, ema_values: dict, scope: str) -> None
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
-
-
-@pytest.fixture(scope="module")
 def tf_training_checkpoint(tmp_path_factory, data_dir):
     """A small TF1 training checkpoint of a model with every block type, and the EMA values it holds."""
     config = tiny_trainer_config(data_dir)
@@ -150,6 +144,7 @@ def write_config_file(path, config) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_tf_training_checkpoint_round_trip_through_the_command_line(tf_training_checkpoint, tmp_path, monkeypatch):
     config, prefix, ema_values = tf_training_checkpoint
     out = tmp_path / "converted"
@@ -350,6 +345,7 @@ def test_unreadable_sources_are_named(tmp_path):
         convert.convert("onnx", "x", "efficientnet-b0")
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line_and_write_nothing(tmp_path):
     command = [
         sys.executable,

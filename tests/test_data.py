@@ -22,18 +22,11 @@ PER_CLASS = {  # the documented split: 80% (rounded) of each class, chosen by a 
 WHOLE_IMAGE = {"data.crop_area_range": (1.0, 1.0), "data.aspect_ratio_range": (1.0, 1.0)}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tfds"))
-    data.ensure_prepared("digits", path)
-    return path
-
-
 def make_config(data_dir, **overrides):
     config = ml_collections.ConfigDict(
         {
             "dataset": "digits",
-            "data_dir": data_dir,
+            "data_dir": str(data_dir),
             "train_split": "train",
             "eval_split": "test",
             "batch_size": 32,
@@ -255,6 +248,7 @@ def test_processes_read_slices_of_the_same_global_batches(data_dir):
     np.testing.assert_array_equal(later["image"], parts[1][2]["image"])
 
 
+@pytest.mark.slow
 def test_train_with_worker_processes(data_dir):
     config = make_config(data_dir, **{"data.num_workers": 2})
     iterator = iter(data.train_loader(config))
@@ -297,6 +291,7 @@ def test_eval_sees_every_example_once(data_dir, eval_batch_size, process_count):
     assert collections.Counter(labels) == collections.Counter(split_labels(data_dir, "test"))
 
 
+@pytest.mark.slow
 def test_eval_with_worker_processes_matches_in_process(data_dir):
     def second_process(config):
         return list(data.eval_batches(config, process_index=1, process_count=2))

@@ -6,27 +6,13 @@ import pathlib
 import re
 
 import pytest
-from test_train import tiny_config
 
-from effnetx_jax.train import evaluate_checkpoint, train_and_evaluate
+from effnetx_jax.train import evaluate_checkpoint
 
-from conftest import free_port, narrow_quickstart_flags, read_jsonl, run_to_end, tool_process
+from conftest import free_port, read_jsonl, run_to_end, tiny_run_config, tiny_run_flags, tool_process
 
 DIGITS_TEST_EXAMPLES = 359
 PROCESS_TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
-
-
-@pytest.fixture(scope="module")
-def run(data_dir, tmp_path_factory):
-    """A 6-step run evaluated and checkpointed at steps 3 and 6; its workdir."""
-    workdir = tmp_path_factory.mktemp("run")
-    train_and_evaluate(tiny_config(data_dir, eval_every_steps=3), str(workdir))
-    return workdir
 
 
 def _trainer_eval(workdir, step: int) -> dict:
@@ -55,46 +41,41 @@ def _snapshot(directory) -> dict:
 
 
 @pytest.mark.parametrize(("step", "weights"), [(None, "ema"), (None, "raw"), (3, "ema")])
-def test_a_checkpoint_evaluates_exactly_as_the_trainer_did_and_stays_untouched(data_dir, run, step, weights):
-    before = _snapshot(run)
-    result = evaluate_checkpoint(tiny_config(data_dir), str(run), step=step, weights=weights)
-    assert result == _expected(run, step or 6, weights)
-    assert _snapshot(run) == before
+def test_a_checkpoint_evaluates_exactly_as_the_trainer_did_and_stays_untouched(data_dir, trained_run, step, weights):
+    before = _snapshot(trained_run)
+    result = evaluate_checkpoint(tiny_run_config(data_dir), str(trained_run), step=step, weights=weights)
+    assert result == _expected(trained_run, step or 6, weights)
+    assert _snapshot(trained_run) == before
 
 
 def test_no_checkpoint_names_the_directory_and_creates_nothing(data_dir, tmp_path):
     with pytest.raises(
         FileNotFoundError, match=re.escape(f"no checkpoint in {tmp_path}/checkpoints: train.py writes them")
     ):
-        evaluate_checkpoint(tiny_config(data_dir), str(tmp_path))
+        evaluate_checkpoint(tiny_run_config(data_dir), str(tmp_path))
     assert os.listdir(tmp_path) == []
 
 
-def test_a_missing_step_lists_the_available_ones(data_dir, run):
+def test_a_missing_step_lists_the_available_ones(data_dir, trained_run):
     with pytest.raises(ValueError, match=r"no checkpoint at step 4 in .*/checkpoints; available steps: 3, 6$"):
-        evaluate_checkpoint(tiny_config(data_dir), str(run), step=4)
+        evaluate_checkpoint(tiny_run_config(data_dir), str(trained_run), step=4)
 
 
-def test_a_checkpoint_of_another_model_is_refused_naming_the_parameter(data_dir, run):
-    other = tiny_config(data_dir)
+def test_a_checkpoint_of_another_model_is_refused_naming_the_parameter(data_dir, trained_run):
+    other = tiny_run_config(data_dir)
     other.model.width = 0.5
     with pytest.raises(ValueError, match=r"written for another config: .*params/.* has shape"):
-        evaluate_checkpoint(other, str(run))
+        evaluate_checkpoint(other, str(trained_run))
 
 
-def test_unknown_weights_are_refused(data_dir, run):
+def test_unknown_weights_are_refused(data_dir, trained_run):
     with pytest.raises(ValueError, match=r"weights must be one of ema, raw, got 'best'"):
-        evaluate_checkpoint(tiny_config(data_dir), str(run), weights="best")
+        evaluate_checkpoint(tiny_run_config(data_dir), str(trained_run), weights="best")
 
 
 def _eval_py(data_dir, workdir, *flags):
-    """eval.py with the flags that give tiny_config's model and eval batch (run from the repository root)."""
-    return tool_process(
-        "eval",
-        *narrow_quickstart_flags(data_dir, workdir),
-        "--config.eval_batch_size=64",
-        *flags,
-    )
+    """eval.py with the flags of the tests' training run (run from the repository root)."""
+    return tool_process("eval", *tiny_run_flags(data_dir, workdir), *flags)
 
 
 PRINTED = re.compile(
@@ -114,20 +95,22 @@ def _printed(stdout: str) -> dict:
     }
 
 
-def test_eval_py_prints_the_trainers_numbers(data_dir, run):
-    before = _snapshot(run)
-    (stdout,) = run_to_end([_eval_py(data_dir, run, "--weights=raw", "--step=3")], PROCESS_TIMEOUT_S)
+@pytest.mark.slow
+def test_eval_py_prints_the_trainers_numbers(data_dir, trained_run):
+    before = _snapshot(trained_run)
+    (stdout,) = run_to_end([_eval_py(data_dir, trained_run, "--weights=raw", "--step=3")], PROCESS_TIMEOUT_S)
     assert stdout.splitlines()[-1].startswith("step 3 (raw weights) on digits test: top1=")
-    assert _printed(stdout) == pytest.approx(_expected(run, 3, "raw"), rel=1e-5, abs=1e-4)
-    assert _snapshot(run) == before
+    assert _printed(stdout) == pytest.approx(_expected(trained_run, 3, "raw"), rel=1e-5, abs=1e-4)
+    assert _snapshot(trained_run) == before
 
 
-def test_two_processes_evaluate_every_example_once_with_the_same_numbers(data_dir, run):
+@pytest.mark.slow
+def test_two_processes_evaluate_every_example_once_with_the_same_numbers(data_dir, trained_run):
     port = free_port()
     processes = [
         _eval_py(
             data_dir,
-            run,
+            trained_run,
             f"--coordinator_address=127.0.0.1:{port}",
             "--num_processes=2",
             f"--process_id={process_id}",
@@ -137,4 +120,4 @@ def test_two_processes_evaluate_every_example_once_with_the_same_numbers(data_di
     outputs = run_to_end(processes, PROCESS_TIMEOUT_S)
     # Each process reads half of the split; both print the metrics of the whole.
     for stdout in outputs:
-        assert _printed(stdout) == pytest.approx(_expected(run, 6, "ema"), rel=1e-5, abs=1e-4)
+        assert _printed(stdout) == pytest.approx(_expected(trained_run, 6, "ema"), rel=1e-5, abs=1e-4)

@@ -39,11 +39,6 @@ def converted_checkpoint(directory, config) -> dict:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
-
-
-@pytest.fixture(scope="module")
 def imagenet_head_checkpoint(data_dir, tmp_path_factory):
     """Converted weights of the narrow B0 with a 1000-class classifier, as published checkpoints have."""
     directory = tmp_path_factory.mktemp("pretrained") / "efficientnet-b0"
@@ -102,10 +97,17 @@ def test_init_from_refuses_mismatching_shapes_before_training_and_names_init_exc
         train_and_evaluate(config, str(tmp_path))
 
 
-def test_eval_on_a_converted_checkpoint_uses_its_config(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def converted_digits_checkpoint(data_dir, tmp_path_factory):
+    """A converted checkpoint of the narrow B0 with a 10-class head, its config and variables."""
+    directory = tmp_path_factory.mktemp("converted") / "converted"
     config = narrow(finetune.get_config(), data_dir)
-    variables = converted_checkpoint(tmp_path / "converted", config)
-    result = evaluate_checkpoint(weights.read_config(str(tmp_path / "converted")), str(tmp_path / "converted"))
+    return directory, config, converted_checkpoint(directory, config)
+
+
+def test_eval_on_a_converted_checkpoint_uses_its_config(converted_digits_checkpoint):
+    directory, config, variables = converted_digits_checkpoint
+    result = evaluate_checkpoint(weights.read_config(str(directory)), str(directory))
 
     # The same numbers, computed here from the eval batches and the model directly.
     model, correct, count = create_model(config.model), 0.0, 0.0
@@ -117,14 +119,15 @@ def test_eval_on_a_converted_checkpoint_uses_its_config(data_dir, tmp_path):
     assert result["top1"] == pytest.approx(correct / count, abs=1e-6)
 
     with pytest.raises(ValueError, match="converted checkpoint: it holds one set of weights"):
-        evaluate_checkpoint(config, str(tmp_path / "converted"), weights="raw")
+        evaluate_checkpoint(config, str(directory), weights="raw")
+
+
+@pytest.mark.slow
+def test_eval_py_on_a_converted_checkpoint_prints_its_top1(converted_digits_checkpoint):
+    directory, _, _ = converted_digits_checkpoint
+    result = evaluate_checkpoint(weights.read_config(str(directory)), str(directory))
     printed = subprocess.run(
-        [
-            sys.executable,
-            "eval.py",
-            f"--config={tmp_path / 'converted' / 'config.py'}",
-            f"--workdir={tmp_path / 'converted'}",
-        ],
+        [sys.executable, "eval.py", f"--config={directory / 'config.py'}", f"--workdir={directory}"],
         cwd=REPO,
         capture_output=True,
         text=True,

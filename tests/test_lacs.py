@@ -17,7 +17,6 @@ from effnetx_jax.lacs.run import run_lacs
 from effnetx_jax.models import architecture, model_config
 
 from conftest import (
-    TWO_STAGE_BLOCKS,
     free_port,
     kill_once_one_trial_finished_and_one_runs,
     run_to_end,
@@ -26,51 +25,27 @@ from conftest import (
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-EXPERIMENT = "experiments/lacs/digits_cpu.py"
+# The experiment shrunk for tests (see its docstring); the tests add their grids and constraints.
+EXPERIMENT = "experiments/lacs/digits_cpu.py:test"
 PROCESS_TIMEOUT_S = 400
 
 
 def _experiment(data_dir=None, **grid):
-    """digits_cpu.py shrunk: a two-stage base model, 2 proxy steps, a 1-step latency measurement."""
     config = config_files.load_config(str(REPO / EXPERIMENT))
-    config.model.update(blocks=TWO_STAGE_BLOCKS, width=0.25, depth=1.0, head_filters=64)
     config.grid.update(grid)
-    config.latency.update(batch=2, steps=1, warmup=0)
-    for trainer in (config.proxy, config.family.trainer):
-        if data_dir:
-            trainer.data_dir = str(data_dir)
-        trainer.update(total_epochs=0.0, total_steps=2, batch_size=16, eval_every_epochs=0.0, eval_every_steps=2)
-        trainer.update(checkpoint_every_epochs=0.0, checkpoint_every_steps=2, log_every_steps=1)
+    if data_dir:
+        config.proxy.data_dir = config.family.trainer.data_dir = str(data_dir)
     return config
 
 
 def _overrides(data_dir, grid: dict, target: float, tolerance: float) -> list[str]:
-    """The same shrinking as `_experiment`, as command-line flags."""
+    """`_experiment`'s data dir and a grid and constraint, as command-line flags."""
     flags = [
-        f"--config.model.blocks={TWO_STAGE_BLOCKS!r}",
-        "--config.model.width=0.25",
-        "--config.model.depth=1.0",
-        "--config.model.head_filters=64",
-        "--config.latency.batch=2",
-        "--config.latency.steps=1",
-        "--config.latency.warmup=0",
         f"--config.constraint.target={target}",
         f"--config.constraint.tolerance={tolerance}",
         f"--config.proxy.data_dir={data_dir}",
-        "--config.proxy.total_epochs=0",
-        "--config.proxy.total_steps=2",
-        "--config.proxy.batch_size=16",
-        "--config.proxy.eval_every_epochs=0",
-        "--config.proxy.eval_every_steps=2",
-        "--config.proxy.checkpoint_every_epochs=0",
-        "--config.proxy.checkpoint_every_steps=2",
     ]
     return flags + [f"--config.grid.{name}=({','.join(map(str, values))},)" for name, values in grid.items()]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
 
 
 # --- grid, constraints, reward ---------------------------------------------------------------------------
@@ -234,13 +209,20 @@ def _trials(workdir):
     return study_trials(workdir, "digits_cpu")
 
 
-def test_two_point_sweep_end_to_end_then_a_rerun_trains_nothing(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def two_point_sweep(data_dir, tmp_path_factory):
+    """A finished sweep of two points: its config, workdir, SQLite storage URL, report and output lines."""
+    workdir = tmp_path_factory.mktemp("lacs")
     config = _experiment(data_dir, alpha=(1.0, 2.0), beta=(1.0,), gamma=(1.0,))
     config.constraint.update(target=1.5, tolerance=0.5)
-    storage = f"sqlite:///{tmp_path}/lacs.db"
+    storage = f"sqlite:///{workdir}/lacs.db"
     lines = []
-    report = run_lacs(config, str(tmp_path), storage=storage, command="test", log=lines.append)
+    report = run_lacs(config, str(workdir), storage=storage, command="test", log=lines.append)
+    return config, workdir, storage, report, lines
 
+
+def test_two_point_sweep_end_to_end_then_a_rerun_trains_nothing(two_point_sweep):
+    config, tmp_path, storage, report, lines = two_point_sweep
     assert [row["status"] for row in report["points"]] == ["complete", "complete"]
     assert report["chosen"] == max(report["points"], key=lambda row: row["reward"])
     for row in report["points"]:
@@ -256,13 +238,16 @@ def test_two_point_sweep_end_to_end_then_a_rerun_trains_nothing(data_dir, tmp_pa
 
     # Resume: every point is done, so nothing is measured or trained again.
     mtimes = {path: path.stat().st_mtime for path in (tmp_path / "trials").rglob("metrics.jsonl")}
-    lines.clear()
-    again = run_lacs(config, str(tmp_path), storage=storage, command="test", log=lines.append)
-    assert lines[0].startswith("this worker evaluated 0 point(s)")
+    rerun_lines = []
+    again = run_lacs(config, str(tmp_path), storage=storage, command="test", log=rerun_lines.append)
+    assert rerun_lines[0].startswith("this worker evaluated 0 point(s)")
     assert again["points"] == report["points"]
     assert {path: path.stat().st_mtime for path in mtimes} == mtimes
 
-    # A generated family config trains with train.py as it is.
+
+@pytest.mark.slow
+def test_a_generated_family_config_trains_with_train_py(two_point_sweep):
+    _, tmp_path, _, report, _ = two_point_sweep
     b1 = report["family"][0]["config"]
     command = [sys.executable, "train.py", f"--config={b1}", f"--workdir={tmp_path / 'b1'}", "--config.total_steps=1"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
@@ -311,6 +296,7 @@ def _points_by_state(trials):
 FOUR_POINTS = {"alpha": (1.0, 1.2), "beta": (1.0,), "gamma": (1.0, 1.1)}
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_journal_and_split_the_grid(data_dir, tmp_path):
     outputs = run_to_end([_worker(tmp_path, data_dir, FOUR_POINTS, "--poll_s=1") for _ in range(2)], PROCESS_TIMEOUT_S)
     trials = _trials(tmp_path)
@@ -324,6 +310,7 @@ def test_two_workers_share_a_journal_and_split_the_grid(data_dir, tmp_path):
     assert sum(evaluated) == 4 and min(evaluated) >= 1
 
 
+@pytest.mark.slow
 def test_a_killed_workers_point_is_retried_and_finished_points_are_not(data_dir, tmp_path):
     grid = {"alpha": (1.0, 1.2), "beta": (1.0,), "gamma": (1.0,)}
     kill_once_one_trial_finished_and_one_runs(
@@ -344,6 +331,7 @@ def test_a_killed_workers_point_is_retried_and_finished_points_are_not(data_dir,
     assert [row["status"] for row in report["points"]] == ["complete", "complete"]
 
 
+@pytest.mark.slow
 def test_two_jax_processes_train_each_point_together_and_process_0_records_it(data_dir, tmp_path):
     grid = {"alpha": (1.2,), "beta": (1.0,), "gamma": (1.0,)}
     port = free_port()

@@ -1,7 +1,6 @@
 """Real multi-process JAX: two `train.py` processes over loopback (gloo collectives), one CPU device each."""
 
 import contextlib
-import os
 import pathlib
 import signal
 import subprocess
@@ -13,20 +12,26 @@ import pytest
 
 from effnetx_jax import distributed
 
-from conftest import checkpoint_steps, checkpointed_state, free_port, read_jsonl, train_command
+from conftest import (
+    checkpoint_steps,
+    checkpointed_state,
+    free_port,
+    process_env,
+    read_jsonl,
+    tiny_run_config,
+    train_command,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROCESS_TIMEOUT_S = 300
 
 
+# train.py logging every step and checkpointing every 2, in one process per process.
+QUICK = {"log_every_steps": 1, "checkpoint_every_steps": 2, "data.num_workers": 0}
+
+
 def _command(workdir, data_dir, *extra):
-    """train.py logging every step and checkpointing every 2, in one process per process."""
-    quick = ("--config.log_every_steps=1", "--config.checkpoint_every_steps=2", "--config.data.num_workers=0")
-    return train_command(data_dir, workdir, *quick, *extra)
-
-
-def _environment(devices: int) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    return train_command(data_dir, workdir, *(f"--config.{key}={value}" for key, value in QUICK.items()), *extra)
 
 
 @contextlib.contextmanager
@@ -41,7 +46,7 @@ def _two_processes(workdir, data_dir, *extra):
                 subprocess.Popen(
                     _command(workdir, data_dir, *flags, "--distributed_timeout_s=120", *extra),
                     cwd=REPO,
-                    env=_environment(1),
+                    env=process_env(distributed=True),
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
@@ -61,25 +66,15 @@ def _finish(processes) -> list[tuple[int, str, str]]:
     return [(process.returncode, *output) for process, output in zip(processes, outputs, strict=True)]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
-
-
-def test_two_processes_train_like_one_process_and_resume_in_one(data_dir, tmp_path):
-    steps = ("--config.total_steps=4", "--config.eval_every_steps=4")
-    single = subprocess.Popen(
-        _command(tmp_path / "single", data_dir, *steps),
-        cwd=REPO,
-        env=_environment(2),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_and_resume_in_one(data_dir, devices, tmp_path):
+    # The reference: one process with 2 devices (the session's device worker), the same config as the flags.
+    single = devices(2).train(
+        tiny_run_config(data_dir, total_steps=4, eval_every_steps=4, **QUICK), tmp_path / "single"
     )
-    with _two_processes(tmp_path / "pair", data_dir, *steps) as pair:
+    assert "error" not in single, single["error"]
+    with _two_processes(tmp_path / "pair", data_dir, "--config.total_steps=4", "--config.eval_every_steps=4") as pair:
         results = _finish(pair)
-    _, single_err = single.communicate(timeout=PROCESS_TIMEOUT_S)
-    assert single.returncode == 0, single_err[-3000:]
     for returncode, _, stderr in results:
         assert returncode == 0, stderr[-3000:]
 
@@ -101,22 +96,17 @@ def test_two_processes_train_like_one_process_and_resume_in_one(data_dir, tmp_pa
     # Both runs continue to step 6 in one process: the two-process checkpoint restores there with the
     # input position recomputed from the step, and the runs stay equal.
     for name in ("single", "pair"):
-        resumed = subprocess.run(
-            _command(tmp_path / name, data_dir, "--config.total_steps=6", "--config.eval_every_steps=6"),
-            cwd=REPO,
-            env=_environment(2),
-            capture_output=True,
-            text=True,
-            timeout=PROCESS_TIMEOUT_S,
-            check=False,
+        resumed = devices(2).train(
+            tiny_run_config(data_dir, total_steps=6, eval_every_steps=6, **QUICK), tmp_path / name
         )
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "input position is recomputed from the step" in resumed.stderr
+        assert "error" not in resumed, resumed["error"]
+    assert any("input position is recomputed from the step" in line for line in resumed["log"])
     single_state, pair_state = checkpointed_state(tmp_path / "single", 6), checkpointed_state(tmp_path / "pair", 6)
     for a, b in zip(jax.tree.leaves(single_state["params"]), jax.tree.leaves(pair_state["params"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_killed_process_stops_the_run_and_both_resume(data_dir, tmp_path):
     workdir = tmp_path / "run"
     with _two_processes(workdir, data_dir, "--config.total_steps=500", "--heartbeat_timeout_s=10") as pair:
@@ -143,6 +133,7 @@ def test_a_killed_process_stops_the_run_and_both_resume(data_dir, tmp_path):
     assert checkpoint_steps(workdir)[-1] == resumed_from + 2
 
 
+@pytest.mark.slow
 def test_sigterm_to_every_process_saves_one_checkpoint_at_a_common_step(data_dir, tmp_path):
     workdir = tmp_path / "run"
     with _two_processes(workdir, data_dir, "--config.total_steps=500", "--config.checkpoint_every_steps=100") as pair:
@@ -161,6 +152,7 @@ def test_sigterm_to_every_process_saves_one_checkpoint_at_a_common_step(data_dir
     assert all(stdout.splitlines()[-1].startswith(f"step {step}:") for _, stdout, _ in results)
 
 
+@pytest.mark.slow
 def test_processes_with_different_configs_fail_clearly(data_dir, tmp_path):
     port = free_port()
     processes = [
@@ -175,7 +167,7 @@ def test_processes_with_different_configs_fail_clearly(data_dir, tmp_path):
                 "--config.total_steps=2",
             ),
             cwd=REPO,
-            env=_environment(1),
+            env=process_env(distributed=True),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -130,6 +130,7 @@ def test_class_names(dataset, num_classes, first_names):
     assert len(names) == num_classes and names[: len(first_names)] == first_names
 
 
+@pytest.mark.slow
 def test_predict_command_line(checkpoint, images, reference):
     (stdout,) = run_to_end(
         [tool_process("effnetx_jax.predict", f"--workdir={checkpoint}", "--top_k=2", *images[1:])], PROCESS_TIMEOUT_S
@@ -170,6 +171,7 @@ def test_stablehlo_export_computes_the_logits_for_any_batch_size(checkpoint, ran
     assert signature["class_names"] == [f"class {index}" for index in range(10)]
 
 
+@pytest.mark.slow
 def test_savedmodel_export_from_the_command_line_serves_the_logits(checkpoint, random_pixels, reference, tmp_path):
     import tensorflow as tf
 

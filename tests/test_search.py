@@ -21,7 +21,6 @@ from effnetx_jax.search.run import open_search_study, run_search
 from effnetx_jax.search.space import InvalidCandidate, SearchSpace, canonical_key, default_choices
 
 from conftest import (
-    TWO_STAGE_BLOCKS,
     free_port,
     kill_once_one_trial_finished_and_one_runs,
     run_to_end,
@@ -30,60 +29,23 @@ from conftest import (
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-EXPERIMENT = "experiments/search/digits_cpu.py"
+FULL_EXPERIMENT = "experiments/search/digits_cpu.py"
+# The search shrunk for tests (see its docstring).
+EXPERIMENT = f"{FULL_EXPERIMENT}:test"
 PROCESS_TIMEOUT_S = 400
-TRAINER_STEPS = {
-    "total_epochs": 0.0,
-    "total_steps": 2,
-    "batch_size": 16,
-    "eval_every_epochs": 0.0,
-    "eval_every_steps": 2,
-    "checkpoint_every_epochs": 0.0,
-    "checkpoint_every_steps": 2,
-    "log_every_steps": 1,
-}
 
 
 def _experiment(data_dir=None, max_trials=3):
-    """digits_cpu.py shrunk: a two-stage skeleton, 2 proxy steps, a 1-step latency measurement."""
     config = config_files.load_config(str(REPO / EXPERIMENT))
-    config.model.update(blocks=TWO_STAGE_BLOCKS, width=0.25, depth=1.0, head_filters=64)
-    config.references = ()  # the references have 7 stages; this skeleton has 2
-    config.objective.target_latency_ms = 1.0
-    config.algorithm.update(population=2, sample_size=2)
-    config.budget.update(max_trials=max_trials, max_hours=0.0)
-    config.latency.update(batch=2, steps=1, warmup=0)
-    for trainer in (config.proxy, config.final):
-        if data_dir:
-            trainer.data_dir = str(data_dir)
-        trainer.update(TRAINER_STEPS)
+    config.budget.max_trials = max_trials
+    if data_dir:
+        config.proxy.data_dir = config.final.data_dir = str(data_dir)
     return config
 
 
 def _overrides(data_dir, max_trials: int) -> list[str]:
-    """The same shrinking as `_experiment`, as command-line flags."""
-    flags = [
-        f"--config.model.blocks={TWO_STAGE_BLOCKS!r}",
-        "--config.model.width=0.25",
-        "--config.model.depth=1.0",
-        "--config.model.head_filters=64",
-        "--config.references=()",
-        "--config.objective.target_latency_ms=1.0",
-        "--config.algorithm.population=2",
-        "--config.algorithm.sample_size=2",
-        f"--config.budget.max_trials={max_trials}",
-        "--config.budget.max_hours=0",
-        "--config.latency.batch=2",
-        "--config.latency.steps=1",
-        "--config.latency.warmup=0",
-        f"--config.proxy.data_dir={data_dir}",
-    ]
-    return flags + [f"--config.proxy.{key}={value}" for key, value in TRAINER_STEPS.items()]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
+    """`_experiment`'s data dir and budget, as command-line flags."""
+    return [f"--config.budget.max_trials={max_trials}", f"--config.proxy.data_dir={data_dir}"]
 
 
 def _b0_space() -> SearchSpace:
@@ -389,7 +351,7 @@ def test_a_failing_candidate_is_recorded_with_its_error_and_the_search_goes_on(d
 
 
 def test_the_references_are_queued_first_and_their_results_marked():
-    config = config_files.load_config(str(REPO / EXPERIMENT))
+    config = config_files.load_config(str(REPO / FULL_EXPERIMENT))
     study = optuna.create_study(direction="maximize")
     worker.prepare_study(study, config)
     worker.prepare_study(study, config)  # a second worker joining does not queue them again
@@ -417,6 +379,7 @@ def _trials(workdir):
     return study_trials(workdir, "digits_cpu")
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_journal_and_together_finish_the_budget(data_dir, tmp_path):
     outputs = run_to_end([_worker(tmp_path, data_dir, 4, "--poll_s=1") for _ in range(2)], PROCESS_TIMEOUT_S)
     trials = _trials(tmp_path)
@@ -428,6 +391,7 @@ def test_two_workers_share_a_journal_and_together_finish_the_budget(data_dir, tm
     assert sum(int(stdout.split("this worker trained ")[1].split()[0]) for stdout in outputs) == len(trained)
 
 
+@pytest.mark.slow
 def test_a_killed_workers_candidate_is_retried_with_the_same_decisions(data_dir, tmp_path):
     first = _worker(tmp_path, data_dir, 2)
     kill_once_one_trial_finished_and_one_runs(first, tmp_path, "digits_cpu", PROCESS_TIMEOUT_S)
@@ -445,6 +409,7 @@ def test_a_killed_workers_candidate_is_retried_with_the_same_decisions(data_dir,
     assert [row["status"] for row in _history(tmp_path)] == ["complete", "interrupted", "complete"]
 
 
+@pytest.mark.slow
 def test_two_jax_processes_train_each_candidate_together_and_process_0_records_it(data_dir, tmp_path):
     port = free_port()
     flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--distributed_timeout_s=120"]

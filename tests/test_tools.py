@@ -1,4 +1,5 @@
-"""The summary and bench command lines, run as a user runs them."""
+"""The summary and bench command lines: their `main(argv)` in this process (what `python -m` calls), and a
+real process where the exit status is the point."""
 
 import json
 import subprocess
@@ -23,14 +24,15 @@ def get_config(arg="relu"):
 """
 
 
-def run_module(module, *args):
-    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+def run_main(tool, capsys, *args) -> str:
+    """`python -m effnetx_jax.<tool> args...` as its entry point runs it, in this process; its stdout."""
+    capsys.readouterr()
+    assert tool.main(list(args)) == 0
+    return capsys.readouterr().out
 
 
-def test_summary_json_for_a_registered_model():
-    (entry,) = json.loads(run_module("effnetx_jax.summary", "efficientnet-x-b0", "--json"))
+def test_summary_json_for_a_registered_model(capsys):
+    (entry,) = json.loads(run_main(summary, capsys, "efficientnet-x-b0", "--json"))
     assert (entry["name"], entry["params"], entry["resolution"]) == ("efficientnet-x-b0", 7_584_104, 224)
     assert entry["macs"] == 920_421_088
     assert len(entry["blocks"]) == 16
@@ -43,19 +45,17 @@ def test_summary_json_for_a_registered_model():
     assert entry["intensity"] == pytest.approx(entry["flops"] / entry["bytes"], abs=0.01)
 
 
-def test_summary_traffic_follows_batch_and_dtype():
-    (entry,) = json.loads(
-        run_module("effnetx_jax.summary", "efficientnet-b0", "--json", "--batch=64", "--dtype=bfloat16")
-    )
-    (single,) = json.loads(run_module("effnetx_jax.summary", "efficientnet-b0", "--json"))
+def test_summary_traffic_follows_batch_and_dtype(capsys):
+    (entry,) = json.loads(run_main(summary, capsys, "efficientnet-b0", "--json", "--batch=64", "--dtype=bfloat16"))
+    (single,) = json.loads(run_main(summary, capsys, "efficientnet-b0", "--json"))
     assert (entry["batch"], entry["dtype"], entry["flops"]) == (64, "bfloat16", 64 * single["flops"])
     assert entry["intensity"] > 2 * single["intensity"]  # half the bytes per element, weights amortised
 
 
-def test_summary_table_for_a_config_file_with_an_argument(tmp_path):
+def test_summary_table_for_a_config_file_with_an_argument(tmp_path, capsys):
     path = tmp_path / "tiny.py"
     path.write_text(TINY_CONFIG)
-    table = run_module("effnetx_jax.summary", f"--config={path}:swish")
+    table = run_main(summary, capsys, f"--config={path}:swish")
     assert table.startswith("tiny @ 32px")
     assert "swish" in table and "params" in table and "MACs" in table
 
@@ -66,6 +66,7 @@ def test_summary_of_every_variant_is_machine_readable():
     assert {"name", "params", "macs", "blocks", "resolution"} <= set(result)
 
 
+@pytest.mark.slow
 def test_summary_rejects_a_bad_model_name():
     result = subprocess.run(
         [sys.executable, "-m", "effnetx_jax.summary", "efficientnet-x-b9"], capture_output=True, text=True, check=False
@@ -74,12 +75,12 @@ def test_summary_rejects_a_bad_model_name():
     assert "unknown model 'efficientnet-x-b9'" in result.stderr
 
 
-def test_bench_reports_compile_and_step_times(tmp_path):
+def test_bench_reports_compile_and_step_times(tmp_path, capsys):
     path = tmp_path / "tiny.py"
     path.write_text(TINY_CONFIG)
     for mode in ("infer", "train"):
-        line = run_module(
-            "effnetx_jax.bench", f"--config={path}", "--batch=4", f"--mode={mode}", "--steps=2", "--warmup=1", "--json"
+        line = run_main(
+            bench, capsys, f"--config={path}", "--batch=4", f"--mode={mode}", "--steps=2", "--warmup=1", "--json"
         )
         result = json.loads(line)
         assert result["mode"] == mode and result["batch"] == 4 and result["resolution"] == 32
@@ -88,10 +89,12 @@ def test_bench_reports_compile_and_step_times(tmp_path):
         assert result["device"].startswith("cpu")
 
 
-def test_bench_families_with_a_latency_vs_flops_plot(tmp_path):
+@pytest.mark.slow
+def test_bench_families_with_a_latency_vs_flops_plot(tmp_path, capsys):
     plot = tmp_path / "latency_vs_flops.png"
-    output = run_module(
-        "effnetx_jax.bench",
+    output = run_main(
+        bench,
+        capsys,
         *("--family=efficientnet", "--family=efficientnet-x", "--sizes=0-1"),
         *("--resolution=32", "--batch=2", "--steps=1", "--warmup=0", "--json", f"--plot={plot}"),
     )
@@ -111,14 +114,10 @@ def test_bench_families_with_a_latency_vs_flops_plot(tmp_path):
 
 
 @pytest.mark.parametrize("sizes", ["0-9", "a-b", ""])
-def test_bench_rejects_bad_sizes(sizes):
-    result = subprocess.run(
-        [sys.executable, "-m", "effnetx_jax.bench", "--family=efficientnet", f"--sizes={sizes}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode != 0 and "--sizes" in result.stderr
+def test_bench_rejects_bad_sizes(sizes, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--family=efficientnet", f"--sizes={sizes}"])
+    assert exited.value.code != 0 and "--sizes" in capsys.readouterr().err
 
 
 def test_bench_train_step_updates_parameters_and_batch_statistics():

@@ -1,52 +1,31 @@
 """The trainer end to end on the bundled digits dataset: tiny models, real TFDS/Grain/orbax/clu."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from configs import quickstart
 from effnetx_jax.train import NonFiniteLossError, format_metrics, train_and_evaluate
 
-from conftest import checkpoint_metadata, checkpoint_steps, checkpointed_state, read_jsonl, train_command
+from conftest import (
+    checkpoint_metadata,
+    checkpoint_steps,
+    checkpointed_state,
+    read_jsonl,
+    tiny_run_config,
+    train_command,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny_config(data_dir, **overrides):
-    """The quickstart, shrunk: a few steps of a narrow EfficientNet-X at 32 px."""
-    config = quickstart.get_config()
-    config.data_dir = str(data_dir)
-    config.model.update(width=0.25, depth=0.25, head_filters=64)
-    config.update(
-        total_epochs=0.0,
-        total_steps=6,
-        batch_size=16,
-        eval_batch_size=64,
-        log_every_steps=3,
-        eval_every_epochs=0.0,
-        eval_every_steps=0,
-        checkpoint_every_epochs=0.0,
-        checkpoint_every_steps=3,
-    )
-    config.update(overrides)
-    return config
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
-
-
 def test_end_to_end_training_writes_metrics_config_and_checkpoints(data_dir, tmp_path):
-    metrics = train_and_evaluate(tiny_config(data_dir), str(tmp_path))
+    metrics = train_and_evaluate(tiny_run_config(data_dir), str(tmp_path))
     assert metrics["step"] == 6
     for key in ("train/loss", "train/lr", "train/img_per_s", "eval/loss", "eval/top1", "eval/top5", "eval/ema_top1"):
         assert np.isfinite(metrics[key]), key
@@ -60,22 +39,22 @@ def test_end_to_end_training_writes_metrics_config_and_checkpoints(data_dir, tmp
 
 
 def test_rerun_of_a_finished_run_resumes_and_trains_further(data_dir, tmp_path):
-    train_and_evaluate(tiny_config(data_dir), str(tmp_path))
-    metrics = train_and_evaluate(tiny_config(data_dir, total_steps=9), str(tmp_path))
+    train_and_evaluate(tiny_run_config(data_dir), str(tmp_path))
+    metrics = train_and_evaluate(tiny_run_config(data_dir, total_steps=9), str(tmp_path))
     assert metrics["step"] == 9
     assert [line["step"] for line in read_jsonl(tmp_path) if "train/loss" in line] == [3, 6, 9]
 
 
 def test_checkpoint_of_another_model_is_refused_naming_the_parameter(data_dir, tmp_path):
-    train_and_evaluate(tiny_config(data_dir, total_steps=3), str(tmp_path))
-    other = tiny_config(data_dir, total_steps=6)
+    train_and_evaluate(tiny_run_config(data_dir, total_steps=3), str(tmp_path))
+    other = tiny_run_config(data_dir, total_steps=6)
     other.model.width = 0.5
     with pytest.raises(ValueError, match=r"written for another config: .*params/.* has shape"):
         train_and_evaluate(other, str(tmp_path))
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-    config = tiny_config(data_dir, total_steps=12, checkpoint_every_steps=1, log_every_steps=1, learning_rate=1e30)
+    config = tiny_run_config(data_dir, total_steps=12, checkpoint_every_steps=1, log_every_steps=1, learning_rate=1e30)
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step \d+"):
         train_and_evaluate(config, str(tmp_path))
     steps = checkpoint_steps(tmp_path)
@@ -87,7 +66,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_bad_durations_fail_before_training(data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"config.total_steps: both total_steps=6 and total_epochs=2.0 are set"):
-        train_and_evaluate(tiny_config(data_dir, total_epochs=2.0), str(tmp_path))
+        train_and_evaluate(tiny_run_config(data_dir, total_epochs=2.0), str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -97,10 +76,14 @@ def _run(command):
     return result
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(data_dir, tmp_path):
     args = ("--config.total_steps=60", "--config.checkpoint_every_steps=30", "--config.log_every_steps=10")
+    # The uninterrupted run in this process: the same config as the flags, the same compiled programs.
     straight = tmp_path / "straight"
-    _run(train_command(data_dir, straight, *args))
+    train_and_evaluate(
+        tiny_run_config(data_dir, total_steps=60, checkpoint_every_steps=30, log_every_steps=10), str(straight)
+    )
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
@@ -127,6 +110,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(data_dir, tmp
     assert [line for line in read_jsonl(killed) if "eval/top1" in line][-1] == last_eval
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
     command = train_command(data_dir, tmp_path, "--config.total_steps=100000", "--config.checkpoint_every_steps=0")
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -143,56 +127,46 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
     assert len(steps) == 1 and 0 < steps[0] < 100000
 
 
-EIGHT_DEVICES = """
-import json, sys
-import jax
-from configs import quickstart
-from effnetx_jax.train import train_and_evaluate
-config = quickstart.get_config()
-config.data_dir = sys.argv[1]
-config.model.update(width=0.25, depth=0.25, head_filters=64)
-config.update(total_epochs=0.0, total_steps=2, log_every_steps=1, eval_every_epochs=0.0,
-              checkpoint_every_epochs=0.0, checkpoint_every_steps=2)
-config.batch_size, config.bn_group_size, config.fsdp_size = map(int, sys.argv[3:6])
-metrics = train_and_evaluate(config, sys.argv[2])
-print(json.dumps({"devices": jax.device_count(), **metrics}))
-"""
+# --- several devices: 1 in this process, 2 and 8 in the session's device workers --------------------------
 
 
-def _run_on_devices(count, data_dir, workdir, batch_size=16, bn_group_size=0, fsdp_size=1):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            EIGHT_DEVICES,
-            str(data_dir),
-            str(workdir),
-            str(batch_size),
-            str(bn_group_size),
-            str(fsdp_size),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+@pytest.fixture(scope="module")
+def device_runs(data_dir, devices, tmp_path_factory):
+    """`run(count, **overrides)`: a 2-step run on `count` devices, `{"devices", "metrics" or "error", "workdir"}`.
+
+    Each distinct run happens once per module; the tests that compare it with others share it.
+    """
+    done = {}
+
+    def run(count: int, **overrides) -> dict:
+        key = (count, tuple(sorted(overrides.items())))
+        if key not in done:
+            workdir = tmp_path_factory.mktemp(f"devices{count}")
+            config = tiny_run_config(data_dir, total_steps=2, log_every_steps=1, checkpoint_every_steps=2, **overrides)
+            if count == jax.device_count():
+                reply = {"devices": count, "metrics": train_and_evaluate(config, str(workdir))}
+            else:
+                reply = devices(count).train(config, workdir)
+            done[key] = {**reply, "workdir": workdir}
+        return done[key]
+
+    return run
 
 
-def test_eight_fake_devices_train_like_one_device(data_dir, tmp_path):
-    one = _run_on_devices(1, data_dir, tmp_path / "one")
-    eight = _run_on_devices(8, data_dir, tmp_path / "eight")
-    assert one.returncode == 0 and eight.returncode == 0, (one.stderr + eight.stderr)[-3000:]
-    one_metrics, eight_metrics = json.loads(one.stdout.splitlines()[-1]), json.loads(eight.stdout.splitlines()[-1])
-    assert (one_metrics["devices"], eight_metrics["devices"]) == (1, 8)
+def _trained(reply: dict) -> dict:
+    assert "error" not in reply, reply["error"]
+    return reply["metrics"]
+
+
+@pytest.mark.slow
+def test_eight_fake_devices_train_like_one_device(device_runs):
+    one, eight = device_runs(1), device_runs(8)
+    one_metrics, eight_metrics = _trained(one), _trained(eight)
+    assert (one["devices"], eight["devices"]) == (1, 8)
     # Same global batch: BatchNorm statistics over the global batch make the runs agree to float
     # tolerance (per-device statistics over 2 images each would differ by O(1)). The first step
     # updates only BN statistics (the warm-up learning rate starts at 0); the second moves the weights.
-    one_state, eight_state = (
-        checkpointed_state(str(tmp_path / "one"), 2),
-        checkpointed_state(str(tmp_path / "eight"), 2),
-    )
+    one_state, eight_state = checkpointed_state(one["workdir"], 2), checkpointed_state(eight["workdir"], 2)
     for a, b in zip(
         jax.tree.leaves(one_state["batch_stats"]), jax.tree.leaves(eight_state["batch_stats"]), strict=True
     ):
@@ -202,49 +176,49 @@ def test_eight_fake_devices_train_like_one_device(data_dir, tmp_path):
     assert eight_metrics["train/loss"] == pytest.approx(one_metrics["train/loss"], rel=1e-5)
 
 
-def test_fsdp_shards_the_state_and_trains_like_replicated(data_dir, tmp_path):
-    replicated = _run_on_devices(8, data_dir, tmp_path / "replicated")
-    fsdp = _run_on_devices(8, data_dir, tmp_path / "fsdp", fsdp_size=4)
-    assert replicated.returncode == 0 and fsdp.returncode == 0, (replicated.stderr + fsdp.stderr)[-3000:]
-    replicated_metrics, fsdp_metrics = (json.loads(run.stdout.splitlines()[-1]) for run in (replicated, fsdp))
+@pytest.mark.slow
+def test_fsdp_shards_the_state_and_trains_like_replicated(device_runs):
+    replicated, fsdp = device_runs(8), device_runs(8, fsdp_size=4)
+    replicated_metrics, fsdp_metrics = _trained(replicated), _trained(fsdp)
     for key in ("train/loss", "eval/loss", "eval/ema_loss"):
         assert fsdp_metrics[key] == pytest.approx(replicated_metrics[key], rel=1e-5), key
-    replicated_state, fsdp_state = (checkpointed_state(tmp_path / name, 2) for name in ("replicated", "fsdp"))
+    replicated_state, fsdp_state = (checkpointed_state(run["workdir"], 2) for run in (replicated, fsdp))
     for a, b in zip(jax.tree.leaves(replicated_state), jax.tree.leaves(fsdp_state), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # The checkpoint records how each array was laid out: the large ones over the fsdp axis.
     layouts = {
-        name: [tuple(leaf.sharding.partition_spec) for leaf in jax.tree.leaves(checkpoint_metadata(tmp_path / name, 2))]
-        for name in ("replicated", "fsdp")
+        name: [tuple(leaf.sharding.partition_spec) for leaf in jax.tree.leaves(checkpoint_metadata(run["workdir"], 2))]
+        for name, run in (("replicated", replicated), ("fsdp", fsdp))
     }
     assert not any("fsdp" in spec for spec in layouts["replicated"])
     sharded = sum("fsdp" in spec for spec in layouts["fsdp"])
     assert 0 < sharded < len(layouts["fsdp"])
 
 
-def test_grouped_batch_norm_depends_on_the_images_per_group_not_the_devices(data_dir, tmp_path):
+@pytest.mark.slow
+def test_grouped_batch_norm_depends_on_the_images_per_group_not_the_devices(device_runs):
     # 16 images in 2 BatchNorm groups of 8 either way: 8 devices in groups of 4, or 2 devices alone.
     runs = {
-        "8x4": _run_on_devices(8, data_dir, tmp_path / "8x4", bn_group_size=4),
-        "2x1": _run_on_devices(2, data_dir, tmp_path / "2x1", bn_group_size=1),
-        "global": _run_on_devices(2, data_dir, tmp_path / "global"),
+        "8x4": device_runs(8, bn_group_size=4),
+        "2x1": device_runs(2, bn_group_size=1),
+        "global": device_runs(2),
     }
-    for result in runs.values():
-        assert result.returncode == 0, result.stderr[-3000:]
-    stats = {name: jax.tree.leaves(checkpointed_state(str(tmp_path / name), 2)["batch_stats"]) for name in runs}
+    for run in runs.values():
+        _trained(run)
+    stats = {name: jax.tree.leaves(checkpointed_state(run["workdir"], 2)["batch_stats"]) for name, run in runs.items()}
     for a, b in zip(stats["8x4"], stats["2x1"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     largest_gap = max(float(np.max(np.abs(a - b))) for a, b in zip(stats["8x4"], stats["global"], strict=True))
     assert largest_gap > 1e-3  # the groups really normalise with their own statistics
 
 
-def test_bn_group_size_must_divide_the_devices(data_dir, tmp_path):
-    result = _run_on_devices(8, data_dir, tmp_path, bn_group_size=3)
-    assert result.returncode != 0
-    assert "config.bn_group_size: bn_group_size=3 must be 0" in result.stderr
+@pytest.mark.slow
+def test_bn_group_size_must_divide_the_devices(device_runs):
+    assert "config.bn_group_size: bn_group_size=3 must be 0" in device_runs(8, bn_group_size=3)["error"]
 
 
-def test_batch_not_divisible_by_devices_is_a_clear_error(data_dir, tmp_path):
-    result = _run_on_devices(8, data_dir, tmp_path, batch_size=12)
-    assert result.returncode != 0
-    assert "config.batch_size: batch_size=12 is not divisible by the 8 devices" in result.stderr
+@pytest.mark.slow
+def test_batch_not_divisible_by_devices_is_a_clear_error(device_runs):
+    assert (
+        "config.batch_size: batch_size=12 is not divisible by the 8 devices" in device_runs(8, batch_size=12)["error"]
+    )

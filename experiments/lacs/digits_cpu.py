@@ -7,14 +7,22 @@ is proxy-trained for 6 epochs of digits (~1 minute on 2 CPU cores) after its lat
 (inference, batch 64, float32). Expected cost: under 20 minutes on 2 cores. The results of one run are
 committed in experiments/lacs/results/digits_cpu/ and summarised in the README: a proxy-scale result,
 where accuracy differences between points are within run-to-run noise.
+
+`digits_cpu.py:test` is the same experiment shrunk to seconds per point for the test suite: a two-stage
+base model, 2 proxy steps, a 1-step latency measurement.
 """
 
 import ml_collections
 
 from configs import quickstart
 
+# The base model of `:test`: two stages (s2d + depthwise, then fused), compiled in seconds.
+TEST_BLOCKS = ("r1_k3_s22_e1_i32_o16_se0.25_d1_a0", "r1_k3_s22_e4_i16_o24_f1_a1")
 
-def get_config():
+
+def get_config(arg: str = ""):
+    if arg not in ("", "test"):
+        raise ValueError(f"config argument {arg!r}: expected none or 'test'")
     config = ml_collections.ConfigDict()
     config.name = "digits_cpu"
     config.seed = 0
@@ -45,4 +53,10 @@ def get_config():
             "trainer": quickstart.get_config(),  # the quickstart recipe: 15 epochs of digits
         }
     )
+    if arg == "test":
+        config.model.update(blocks=TEST_BLOCKS, width=0.25, depth=1.0, head_filters=64)
+        config.latency.update(batch=2, steps=1, warmup=0)
+        for trainer in (config.proxy, config.family.trainer):
+            trainer.update(total_epochs=0.0, total_steps=2, batch_size=16, eval_every_epochs=0.0, eval_every_steps=2)
+            trainer.update(checkpoint_every_epochs=0.0, checkpoint_every_steps=2, log_every_steps=1)
     return config
