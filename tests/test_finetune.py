@@ -16,7 +16,7 @@ from effnetx_jax.models import create_model
 from effnetx_jax.train import evaluate_checkpoint, train_and_evaluate
 from effnetx_jax.train.steps import normalize
 
-from conftest import REPO, init_variables
+from conftest import REPO, init_variables, tiny_run_config
 
 
 def narrow(config, data_dir, num_classes=10):
@@ -52,6 +52,7 @@ def flat(tree) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_finetune_loads_every_weight_but_the_classifier_then_resumes_from_the_workdir(
     imagenet_head_checkpoint, data_dir, tmp_path
 ):
@@ -99,9 +100,9 @@ def test_init_from_refuses_mismatching_shapes_before_training_and_names_init_exc
 
 @pytest.fixture(scope="module")
 def converted_digits_checkpoint(data_dir, tmp_path_factory):
-    """A converted checkpoint of the narrow B0 with a 10-class head, its config and variables."""
+    """A converted checkpoint of the tests' training run model (`TINY_RUN`), its config and variables."""
     directory = tmp_path_factory.mktemp("converted") / "converted"
-    config = narrow(finetune.get_config(), data_dir)
+    config = tiny_run_config(data_dir)
     return directory, config, converted_checkpoint(directory, config)
 
 

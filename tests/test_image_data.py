@@ -15,6 +15,8 @@ from effnetx_jax import data
 from effnetx_jax.data import decode, preprocessing, preview, sources
 from effnetx_jax.data.synthetic import random_jpeg, write_image_folder
 
+from conftest import PLUMBING_BLOCKS
+
 RESOLUTION = 32
 
 
@@ -198,8 +200,9 @@ def test_two_training_steps_with_randaugment_mixup_and_cutmix(tfds_dir, tmp_path
         checkpoint_every_steps=2,
         log_every_steps=1,
         **{
+            "model.blocks": PLUMBING_BLOCKS,
             "model.width": 0.25,
-            "model.depth": 0.25,
+            "model.depth": 1.0,
             "data.augment": "randaugment(2,10)",
             "data.mixup_alpha": 0.2,
             "data.cutmix_alpha": 1.0,

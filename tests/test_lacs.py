@@ -221,6 +221,7 @@ def two_point_sweep(data_dir, tmp_path_factory):
     return config, workdir, storage, report, lines
 
 
+@pytest.mark.slow
 def test_two_point_sweep_end_to_end_then_a_rerun_trains_nothing(two_point_sweep):
     config, tmp_path, storage, report, lines = two_point_sweep
     assert [row["status"] for row in report["points"]] == ["complete", "complete"]
@@ -255,6 +256,7 @@ def test_a_generated_family_config_trains_with_train_py(two_point_sweep):
     assert "step 1:" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_failing_point_is_recorded_with_its_error_and_the_sweep_goes_on(data_dir, tmp_path):
     config = _experiment(data_dir, alpha=(1.0, 2.0), beta=(1.0,), gamma=(1.0,))
     config.constraint.update(target=1.5, tolerance=0.5)

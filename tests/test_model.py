@@ -94,10 +94,11 @@ def test_bfloat16_compute_keeps_float32_parameters(every_block_model):
     model, variables = every_block_model
     cfg = tiny_config(EVERY_BLOCK, activation="swish", width=0.5, drop_path=0.0, dtype="bfloat16")
     bf16_model = create_model(cfg)
-    assert jax.tree.structure(init_variables(bf16_model)) == jax.tree.structure(variables)
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(init_variables(bf16_model)))
+    bf16_variables = jax.eval_shape(lambda: init_variables(bf16_model))
+    assert jax.tree.structure(bf16_variables) == jax.tree.structure(variables)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(bf16_variables))
     images = jax.random.normal(jax.random.key(5), (2, 32, 32, 3))
-    logits32 = model.apply(variables, images)
+    logits32 = jax.jit(lambda v, x: model.apply(v, x))(variables, images)
     logits16 = jax.jit(lambda v, x: bf16_model.apply(v, x))(variables, images)
     assert logits16.dtype == jnp.float32
     np.testing.assert_allclose(logits16, logits32, atol=0.15 * float(jnp.abs(logits32).max()) + 0.05)
@@ -107,6 +108,8 @@ def test_depthwise_choice_does_not_change_checkpoints_or_outputs(every_block_mod
     model, variables = every_block_model
     cfg = tiny_config(EVERY_BLOCK, activation="swish", width=0.5, drop_path=0.0, depthwise_impl="xla")
     xla_model = create_model(cfg)
-    assert jax.tree.map(jnp.shape, init_variables(xla_model)) == jax.tree.map(jnp.shape, variables)
+    xla_shapes = jax.tree.map(jnp.shape, jax.eval_shape(lambda: init_variables(xla_model)))
+    assert xla_shapes == jax.tree.map(jnp.shape, variables)
     images = jax.random.normal(jax.random.key(6), (2, 32, 32, 3))
-    np.testing.assert_allclose(model.apply(variables, images), xla_model.apply(variables, images), rtol=1e-4, atol=1e-4)
+    outputs = [jax.jit(lambda v, x, m=m: m.apply(v, x))(variables, images) for m in (model, xla_model)]
+    np.testing.assert_allclose(*outputs, rtol=1e-4, atol=1e-4)

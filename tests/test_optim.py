@@ -326,3 +326,6 @@ def test_ema_update_math():
     np.testing.assert_allclose(out["batch_stats"]["mean"], [(1 - d) * 11], rtol=1e-6)
     late = ema_update(ema, new, 10**6, 0.9999)
     np.testing.assert_allclose(late["params"]["w"], [0.9999 + 0.0003, 1.9998 - 0.0002], rtol=1e-6)
+    # An average of a value that did not move stays exactly where it is, at any rate.
+    values = jnp.asarray(np.random.default_rng(0).normal(size=1000), jnp.float32)
+    np.testing.assert_array_equal(jax.jit(ema_update, static_argnums=3)(values, values, 3, 0.9999), values)

@@ -17,7 +17,7 @@ from effnetx_jax import export, predict, weights
 from effnetx_jax.data import preprocessing
 from effnetx_jax.models import create_model
 
-from conftest import run_to_end, tool_process
+from conftest import PLUMBING_BLOCKS, run_to_end, tool_process
 
 PROCESS_TIMEOUT_S = 300
 
@@ -25,7 +25,13 @@ PROCESS_TIMEOUT_S = 300
 def tiny_trainer_config(num_classes: int, dataset: str):
     config = get_config()
     config.model.update(
-        width=0.25, depth=0.25, resolution=32, head_filters=64, num_classes=num_classes, dtype="float32"
+        blocks=PLUMBING_BLOCKS,
+        width=0.25,
+        depth=1.0,
+        resolution=32,
+        head_filters=64,
+        num_classes=num_classes,
+        dtype="float32",
     )
     config.dataset = dataset
     return config

@@ -264,6 +264,7 @@ def _history(workdir) -> list[dict]:
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 def test_three_candidate_search_end_to_end_then_best_py_trains(data_dir, tmp_path):
     config = _experiment(data_dir, max_trials=3)
     lines = []
@@ -337,6 +338,7 @@ def test_an_invalid_candidate_is_rejected_with_its_reason_before_training(data_d
     assert "stage2_repeats=-1" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_failing_candidate_is_recorded_with_its_error_and_the_search_goes_on(data_dir, tmp_path):
     config = _experiment(data_dir, max_trials=2)
     config.proxy.update(learning_rate=1e30, total_steps=4, checkpoint_every_steps=1)

@@ -14,12 +14,15 @@ from effnetx_jax import bench, summary
 from effnetx_jax.models import architecture, costs, create_model, model_config
 from effnetx_jax.models.efficientnet import GatedProjection
 
-TINY_CONFIG = """
+from conftest import PLUMBING_BLOCKS
+
+TINY_CONFIG = f"""
 from effnetx_jax.models import model_config
 
 def get_config(arg="relu"):
     model = model_config("efficientnet-x-b0")
-    model.update(name="tiny", width=0.25, depth=0.5, resolution=32, num_classes=10, head_filters=64, activation=arg)
+    model.update(name="tiny", blocks={PLUMBING_BLOCKS}, width=0.25, depth=1.0, resolution=32, num_classes=10)
+    model.update(head_filters=64, activation=arg)
     return model
 """
 
@@ -122,10 +125,10 @@ def test_bench_rejects_bad_sizes(sizes, capsys):
 
 def test_bench_train_step_updates_parameters_and_batch_statistics():
     cfg = model_config("efficientnet-x-b0")
-    cfg.update(width=0.25, depth=0.5, resolution=32, num_classes=10, head_filters=64)
+    cfg.update(blocks=PLUMBING_BLOCKS, width=0.25, depth=1.0, resolution=32, num_classes=10, head_filters=64)
     model = create_model(cfg)
     images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-    variables = model.init({"params": jax.random.key(1)}, images)
+    variables = jax.jit(model.init)({"params": jax.random.key(1)}, images)
     new_variables, loss = jax.jit(bench._train_step(model))(variables, images, jnp.arange(4), jax.random.key(2))
     assert np.isfinite(float(loss))
     for collection in ("params", "batch_stats"):

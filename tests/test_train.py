@@ -19,40 +19,40 @@ from conftest import (
     read_jsonl,
     tiny_run_config,
     train_command,
+    trained_run_config,
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_end_to_end_training_writes_metrics_config_and_checkpoints(data_dir, tmp_path):
-    metrics = train_and_evaluate(tiny_run_config(data_dir), str(tmp_path))
+def test_end_to_end_training_writes_metrics_config_and_checkpoints(finished_run):
+    workdir, metrics = finished_run
     assert metrics["step"] == 6
     for key in ("train/loss", "train/lr", "train/img_per_s", "eval/loss", "eval/top1", "eval/top5", "eval/ema_top1"):
         assert np.isfinite(metrics[key]), key
     assert 0 <= metrics["eval/top1"] <= metrics["eval/top5"] <= 1
-    lines = read_jsonl(tmp_path)
+    lines = read_jsonl(workdir)
     assert [line["step"] for line in lines if "train/loss" in line] == [3, 6]
-    assert [line["step"] for line in lines if "eval/top1" in line] == [6]
-    assert json.loads((tmp_path / "config.json").read_text())["model"]["resolution"] == 32
-    assert checkpoint_steps(tmp_path) == [3, 6]
+    assert [line["step"] for line in lines if "eval/top1" in line] == [3, 6]
+    assert json.loads((workdir / "config.json").read_text())["model"]["resolution"] == 32
+    assert checkpoint_steps(workdir) == [3, 6]
     assert format_metrics(metrics).startswith("step 6: ")
 
 
-def test_rerun_of_a_finished_run_resumes_and_trains_further(data_dir, tmp_path):
-    train_and_evaluate(tiny_run_config(data_dir), str(tmp_path))
-    metrics = train_and_evaluate(tiny_run_config(data_dir, total_steps=9), str(tmp_path))
+def test_rerun_of_a_finished_run_resumes_and_trains_further(data_dir, copy_of_trained_run):
+    metrics = train_and_evaluate(trained_run_config(data_dir, total_steps=9), str(copy_of_trained_run))
     assert metrics["step"] == 9
-    assert [line["step"] for line in read_jsonl(tmp_path) if "train/loss" in line] == [3, 6, 9]
+    assert [line["step"] for line in read_jsonl(copy_of_trained_run) if "train/loss" in line] == [3, 6, 9]
 
 
-def test_checkpoint_of_another_model_is_refused_naming_the_parameter(data_dir, tmp_path):
-    train_and_evaluate(tiny_run_config(data_dir, total_steps=3), str(tmp_path))
-    other = tiny_run_config(data_dir, total_steps=6)
+def test_checkpoint_of_another_model_is_refused_naming_the_parameter(data_dir, copy_of_trained_run):
+    other = trained_run_config(data_dir, total_steps=9)
     other.model.width = 0.5
     with pytest.raises(ValueError, match=r"written for another config: .*params/.* has shape"):
-        train_and_evaluate(other, str(tmp_path))
+        train_and_evaluate(other, str(copy_of_trained_run))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     config = tiny_run_config(data_dir, total_steps=12, checkpoint_every_steps=1, log_every_steps=1, learning_rate=1e30)
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step \d+"):

@@ -193,7 +193,9 @@ def ema_decay(step, decay: float) -> jax.Array:
 def ema_update(ema_tree, new_tree, step, decay: float):
     """decay' * ema + (1 - decay') * new for every leaf, with decay' = ema_decay(step, decay).
 
-    Used for the params and the BatchNorm batch_stats; `step` as in `ema_decay`.
+    Used for the params and the BatchNorm batch_stats; `step` as in `ema_decay`. Computed as TF's
+    `assign_moving_average` does, `ema - (1 - decay') * (ema - new)`: a value that did not move leaves its
+    average bit-for-bit unchanged, which the two-term form does not guarantee in float32.
     """
     rate = ema_decay(step, decay)
-    return jax.tree.map(lambda ema, new: (rate * ema + (1.0 - rate) * new).astype(ema.dtype), ema_tree, new_tree)
+    return jax.tree.map(lambda ema, new: (ema - (1.0 - rate) * (ema - new)).astype(ema.dtype), ema_tree, new_tree)
