@@ -16,13 +16,14 @@ from effnetx_jax.models import create_model
 from effnetx_jax.train import evaluate_checkpoint, train_and_evaluate
 from effnetx_jax.train.steps import normalize
 
-from conftest import REPO, init_variables, tiny_run_config
+from conftest import PLUMBING_BLOCKS, REPO, init_variables, tiny_run_config
 
 
 def narrow(config, data_dir, num_classes=10):
-    """configs/finetune.py's EfficientNet-B0 narrowed to run in seconds at 32 px on digits."""
+    """configs/finetune.py's EfficientNet-B0 cut to the plumbing model to run in seconds at 32 px on digits."""
     config.data_dir = str(data_dir)
-    config.model.update(width=0.25, depth=0.25, head_filters=64, resolution=32, num_classes=num_classes)
+    config.model.update(blocks=PLUMBING_BLOCKS, width=0.25, depth=1.0, head_filters=64, resolution=32)
+    config.model.num_classes = num_classes
     config.update(batch_size=16, total_epochs=0.0, total_steps=2, eval_every_epochs=0.0, checkpoint_every_epochs=0.0)
     return config
 

@@ -136,6 +136,22 @@ def test_bench_train_step_updates_parameters_and_batch_statistics():
         assert all(jax.tree.leaves(changed)), collection
 
 
+def test_bench_weights_have_the_models_shapes_and_initial_scales():
+    cfg = model_config("efficientnet-b0")
+    model = create_model(cfg)
+    image = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    variables = bench.random_variables(model, image)
+    expected = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), image)
+    assert jax.tree.map(lambda leaf: (leaf.shape, leaf.dtype), variables) == jax.tree.map(
+        lambda leaf: (leaf.shape, leaf.dtype), expected
+    )
+    params, stats = variables["params"], variables["batch_stats"]
+    assert np.std(params["head_conv"]["kernel"]) == pytest.approx(320**-0.5, rel=0.05)  # fan-in 1 * 1 * 320
+    assert np.std(params["blocks_0"]["depthwise"]["kernel"]) == pytest.approx(9**-0.5, rel=0.3)  # 3 * 3 * 1
+    assert np.all(params["stem_bn"]["scale"] == 1) and np.all(params["stem_bn"]["bias"] == 0)
+    assert np.all(stats["stem_bn"]["var"] == 1) and np.all(stats["stem_bn"]["mean"] == 0)
+
+
 # 8 outputs < 5*5 pixels: the weights are gated; 32 outputs: the activations are.
 @pytest.mark.parametrize("features", [8, 32])
 def test_gated_projection_equals_a_conv_of_the_gated_tensor(features):
