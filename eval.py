@@ -1,5 +1,8 @@
-"""Evaluates a checkpoint of a train.py run: `python eval.py --config=configs/b0.py --workdir=runs/b0`,
-or converted weights: `python eval.py --config=DIR/config.py --workdir=DIR` (see effnetx_jax.convert).
+"""Evaluates a checkpoint of a train.py run or converted weights: `python eval.py --workdir=DIR`.
+
+Without `--config`, the config is the one stored with the weights (`DIR/config.json`, read as data,
+with `--data_dir` and `--eval_split` to point it at this machine's dataset); `--config=configs/b0.py`
+(with `--config.KEY=...` overrides) evaluates them under a config file instead.
 
 The latest checkpoint by default (`--step=N` for another), with the EMA weights (`--weights=raw` for the
 trained ones), over the whole `config.eval_split` (`--config.eval_split=...` for another split). Prints
@@ -14,12 +17,14 @@ from ml_collections import config_flags
 from effnetx_jax import cli_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The training config file of the run (path.py or path.py:arg).", lock_config=True
+    "config", None, "A config file (path.py or path.py:arg); default: the config stored in --workdir.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "The --workdir that train.py wrote the checkpoints in.")
 _STEP = flags.DEFINE_integer("step", None, "The step of the checkpoint to evaluate; default: the latest.")
 _WEIGHTS = flags.DEFINE_string("weights", "ema", "ema: the moving average of the weights; raw: the trained weights.")
-flags.mark_flags_as_required(["config", "workdir"])
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Without --config: the TFDS data dir, instead of the stored one.")
+_EVAL_SPLIT = flags.DEFINE_string("eval_split", None, "Without --config: the split, instead of the stored one.")
+flags.mark_flags_as_required(["workdir"])
 
 
 def _weights_label(step) -> str:
@@ -30,10 +35,21 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Imported here: Grain's worker processes re-import this module and must not pay for JAX.
+    from effnetx_jax import weights
     from effnetx_jax.train import evaluate_checkpoint
 
     cli_flags.initialize_distributed()
     config = _CONFIG.value
+    if config is None:
+        try:
+            config = weights.read_config(_WORKDIR.value)
+        except (OSError, ValueError) as error:  # no weights there, or a folder of an earlier version
+            raise SystemExit(f"error: {error}") from None
+        for key, flag in (("data_dir", _DATA_DIR), ("eval_split", _EVAL_SPLIT)):
+            if flag.value is not None:
+                config[key] = flag.value
+    elif _DATA_DIR.value is not None or _EVAL_SPLIT.value is not None:
+        raise SystemExit("error: --data_dir and --eval_split apply to the stored config; with --config: --config.KEY")
     result = evaluate_checkpoint(config, _WORKDIR.value, step=_STEP.value, weights=_WEIGHTS.value)
     print(
         f"{_weights_label(result['step'])} on {config.dataset} {config.eval_split}: "

@@ -1,8 +1,10 @@
-"""Loading ml-collections config files outside absl (`path.py` or `path.py:arg`), as config_flags does."""
+"""Config files: loading a user's Python config (`path.py` or `path.py:arg`) outside absl, as config_flags
+does, and the JSON copy of a config that workdirs and weights folders carry (data, never executed)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 from typing import NoReturn
 
@@ -20,6 +22,31 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} defines no get_config()")
     return module.get_config(arg) if arg else module.get_config()
+
+
+# The JSON copy's name in a train.py workdir and in a converted weights folder.
+CONFIG_JSON = "config.json"
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """`config` as the JSON text of `CONFIG_JSON`: how a train.py workdir and a converted weights folder
+    describe their model and its preprocessing."""
+    return config.to_json_best_effort(indent=2) + "\n"
+
+
+def read_json(path: str) -> ml_collections.ConfigDict:
+    """The config `to_json` wrote, read as data (nothing in it is executed); JSON arrays become the
+    tuples the configs hold (block strings, mean and std)."""
+    with open(path) as file:
+        return ml_collections.ConfigDict(_tuples(json.load(file)))
+
+
+def _tuples(value):
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
 
 
 def config_error(key: str, reason: str) -> ValueError:

@@ -1,11 +1,15 @@
 """Model weights on disk, for inference, fine-tuning and export: `load(DIR)` and what it is built on.
 
 Two kinds of directory hold weights:
-- a converted checkpoint (`python -m effnetx_jax.convert`): `DIR/config.py` (a trainer config with the
+- a converted checkpoint (`python -m effnetx_jax.convert`): `DIR/config.json` (a trainer config with the
   variant's preprocessing), `DIR/variables/` (an orbax checkpoint of `{"params", "batch_stats"}`) and
   `DIR/conversion.json` (where the weights came from);
 - a train.py workdir: `DIR/config.json` and `DIR/checkpoints/<step>/state`, of which only the EMA (or the
   raw) parameters and BatchNorm statistics are read, never the optimizer state.
+
+Loading weights executes nothing: both are read as data (JSON and orbax arrays), so a weights folder
+from elsewhere cannot run code, whatever files it holds. Folders converted before config.json existed
+carry a Python `config.py` instead; they are refused with the command that re-converts them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import orbax.checkpoint as ocp
 from effnetx_jax import config_files
 from effnetx_jax.models import EfficientNet, create_model
 
-CONFIG_FILE = "config.py"
+CONFIG_FILE = config_files.CONFIG_JSON
+# What converted folders held before config.json: Python, which loading never runs.
+LEGACY_CONFIG_FILE = "config.py"
 VARIABLES_DIR = "variables"
 REPORT_FILE = "conversion.json"
 # Which train-state fields hold the weights a user asks for: the moving average (what the reference
@@ -35,18 +41,32 @@ def is_converted(directory: str) -> bool:
 
 
 def read_config(directory: str) -> ml_collections.ConfigDict:
-    """The trainer config stored with the weights: `config.py` of a converted checkpoint, or the
-    `config.json` that train.py wrote in its workdir."""
-    if is_converted(directory):
-        return config_files.load_config(os.path.join(directory, CONFIG_FILE))
-    path = os.path.join(directory, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{directory} holds no weights: expected a converted checkpoint ({CONFIG_FILE} and {VARIABLES_DIR}/, "
-            "written by python -m effnetx_jax.convert) or a train.py workdir (config.json and checkpoints/)"
+    """The trainer config stored with the weights, `config.json` of a converted checkpoint or of a train.py
+    workdir, read as data."""
+    path = os.path.join(directory, CONFIG_FILE)
+    if os.path.isfile(path):
+        return config_files.read_json(path)
+    if is_converted(directory) and os.path.isfile(os.path.join(directory, LEGACY_CONFIG_FILE)):
+        raise ValueError(
+            f"{directory} was converted by an earlier effnetx_jax: it describes its model in "
+            f"{LEGACY_CONFIG_FILE}, Python that loading weights never runs. Convert the weights again "
+            f"into a new folder ({_reconvert_command(directory)}); it will hold {CONFIG_FILE} instead"
         )
-    with open(path) as file:
-        return ml_collections.ConfigDict(json.load(file))
+    raise FileNotFoundError(
+        f"{directory} holds no weights: expected a converted checkpoint ({CONFIG_FILE} and {VARIABLES_DIR}/, "
+        f"written by python -m effnetx_jax.convert) or a train.py workdir ({CONFIG_FILE} and checkpoints/)"
+    )
+
+
+def _reconvert_command(directory: str) -> str:
+    """`python -m effnetx_jax.convert ...` for the source that `conversion.json` names, read as data."""
+    try:
+        with open(os.path.join(directory, REPORT_FILE)) as file:
+            report = json.load(file)
+        source, kind = report["source"], report["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "python -m effnetx_jax.convert tf|timm SOURCE --model=NAME --out=NEW_DIR"
+    return f"python -m effnetx_jax.convert {kind} {source} --model=NAME --out=NEW_DIR"
 
 
 def read_variables(directory: str, *, weights: str = "ema", step: int | None = None) -> dict:
@@ -101,21 +121,15 @@ def save_converted(directory: str, config: ml_collections.ConfigDict, variables:
     directory = os.path.abspath(directory)
     if os.path.exists(os.path.join(directory, VARIABLES_DIR)):
         raise FileExistsError(f"{directory} already holds a converted checkpoint; choose another --out or remove it")
-    docstring = (
-        f"{config.model.name} converted from {report['source']} ({report['format']}) by effnetx_jax.convert.\n\n"
-        f"  python eval.py --config={os.path.join(directory, CONFIG_FILE)} --workdir={directory}\n\n"
-        "Preprocessing (resolution, crop, resize, mean/std) as the weights expect; dataset and batch sizes\n"
-        "as the ImageNet recipe (configs/common.py)."
-    )
-    # Rendered before anything is written: a config that cannot be written leaves no half checkpoint.
-    config_source = config_files.render_config(config, docstring)
+    # Serialised before anything is written: a config that cannot be written leaves no half checkpoint.
+    config_json = config_files.to_json(config)
     os.makedirs(directory, exist_ok=True)
     checkpointer = ocp.PyTreeCheckpointer()
     checkpointer.save(
         os.path.join(directory, VARIABLES_DIR), {key: variables[key] for key in ("params", "batch_stats")}
     )
     with open(os.path.join(directory, CONFIG_FILE), "w") as file:
-        file.write(config_source)
+        file.write(config_json)
     with open(os.path.join(directory, REPORT_FILE), "w") as file:
         json.dump(report, file, indent=2)
         file.write("\n")

@@ -129,7 +129,7 @@ def test_eval_py_on_a_converted_checkpoint_prints_its_top1(converted_digits_chec
     directory, _, _ = converted_digits_checkpoint
     result = evaluate_checkpoint(weights.read_config(str(directory)), str(directory))
     printed = subprocess.run(
-        [sys.executable, "eval.py", f"--config={directory / 'config.py'}", f"--workdir={directory}"],
+        [sys.executable, "eval.py", f"--workdir={directory}"],  # the config stored with the weights
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -134,6 +135,40 @@ def test_a_1000_class_model_names_imagenet_classes(variables, images, tmp_path):
 def test_class_names(dataset, num_classes, first_names):
     names = predict.class_names(tiny_trainer_config(num_classes, dataset))
     assert len(names) == num_classes and names[: len(first_names)] == first_names
+
+
+# A Python file that a weights folder may carry: running it would leave a file behind.
+SIDE_EFFECT = """
+import pathlib
+pathlib.Path(__file__).with_name("executed").write_text("this file was run")
+
+def get_config():
+    raise RuntimeError("this file was run")
+"""
+
+
+def test_loading_weights_executes_nothing_in_the_folder(checkpoint, images, reference, tmp_path):
+    folder = pathlib.Path(shutil.copytree(checkpoint, tmp_path / "downloaded"))
+    for name in ("config.py", "__init__.py", "variables.py"):
+        (folder / name).write_text(SIDE_EFFECT)
+    _, variables = weights.load(str(folder))
+    jax.tree.map(np.testing.assert_array_equal, variables, weights.load(checkpoint)[1])
+    (prediction,) = predict.predict(str(folder), images[:1], top_k=1)
+    assert prediction.top[0].index == int(np.argmax(reference["probabilities"][0]))
+    export.export_stablehlo(str(folder), str(tmp_path / "export"))
+    assert not (folder / "executed").exists()
+
+
+def test_a_folder_converted_before_config_json_is_refused_without_running_it(checkpoint, images, tmp_path):
+    folder = pathlib.Path(shutil.copytree(checkpoint, tmp_path / "old"))
+    (folder / "config.json").unlink()
+    (folder / "config.py").write_text(SIDE_EFFECT)
+    source = json.loads((folder / "conversion.json").read_text())["source"]
+    for read in (weights.load, weights.read_config, lambda path: predict.predict(path, images[:1])):
+        with pytest.raises(ValueError, match="converted by an earlier effnetx_jax") as refused:
+            read(str(folder))
+        assert f"python -m effnetx_jax.convert test {source} --model=NAME --out=NEW_DIR" in str(refused.value)
+    assert not (folder / "executed").exists()
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def main(argv):
         f"{report['model']}: {report['tensors_loaded']} tensors from {source} "
         f"({report['ema_shadows_used']} of them EMA shadows), {len(report['dropped'])} dropped "
         f"(optimizer slots, counters, raw weights behind EMA shadows); {report['num_classes']} classes, "
-        f"normalization {report['normalization']}.\nWrote {_OUT.value}: config.py, variables/, conversion.json",
+        f"normalization {report['normalization']}.\nWrote {_OUT.value}: config.json, variables/, conversion.json",
         flush=True,
     )
 

@@ -4,7 +4,6 @@ the checkpoints a run left in its workdir (eval.py)."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 
 import jax
@@ -93,8 +92,8 @@ def _converted_weights(config, directory: str, step, weights: str):
         if saved != wanted:
             raise ValueError(
                 f"the converted checkpoint in {directory} holds another model than config.model "
-                f"({config.model.name}); evaluate it with its own config, "
-                f"--config={os.path.join(directory, weights_lib.CONFIG_FILE)}"
+                f"({config.model.name}); evaluate it with the config stored with it: "
+                f"python eval.py --workdir={directory} (without --config)"
             )
     state = SingleWeights(params=variables["params"], batch_stats=variables["batch_stats"])
     state_sharding = jax.tree.map(lambda _: components.replicated, state)

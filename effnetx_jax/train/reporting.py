@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from clu import metric_writers
 
+from effnetx_jax import config_files
+
 
 class MetricsLog:
     """Writes scalars to clu's default writer and appends one JSON object per call to metrics.jsonl.
@@ -37,8 +39,8 @@ class MetricsLog:
 
 def write_config(workdir: str, config) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as file:
-            file.write(config.to_json_best_effort(indent=2) + "\n")
+        with open(os.path.join(workdir, config_files.CONFIG_JSON), "w") as file:
+            file.write(config_files.to_json(config))
 
 
 def format_metrics(metrics: dict) -> str:
