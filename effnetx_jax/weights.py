@@ -117,7 +117,7 @@ def load(
 
 
 def save_converted(directory: str, config: ml_collections.ConfigDict, variables: dict, report: dict) -> None:
-    """Writes a converted checkpoint: `config.py`, `variables/` and `conversion.json` (see the module doc)."""
+    """Writes a converted checkpoint: `config.json`, `variables/` and `conversion.json` (see the module doc)."""
     directory = os.path.abspath(directory)
     if os.path.exists(os.path.join(directory, VARIABLES_DIR)):
         raise FileExistsError(f"{directory} already holds a converted checkpoint; choose another --out or remove it")
