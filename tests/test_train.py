@@ -55,13 +55,18 @@ def test_checkpoint_of_another_model_is_refused_naming_the_parameter(data_dir, c
 @pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     config = tiny_run_config(data_dir, total_steps=12, checkpoint_every_steps=1, log_every_steps=1, learning_rate=1e30)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite at step \d+"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at step \d+") as stopped:
         train_and_evaluate(config, str(tmp_path))
     steps = checkpoint_steps(tmp_path)
     assert steps and steps[-1] < 12
+    assert f"its last checkpoint, step {steps[-1]}, is kept" in str(stopped.value)
     assert all(
         np.isfinite(leaf).all() for leaf in jax.tree.leaves(checkpointed_state(str(tmp_path), steps[-1])["params"])
     )
+    # Non-finite before the first checkpoint: the message says there is none.
+    config.checkpoint_every_steps = 100
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written before it, so there is none to resume"):
+        train_and_evaluate(config, str(tmp_path / "fresh"))
 
 
 def test_bad_durations_fail_before_training(data_dir, tmp_path):

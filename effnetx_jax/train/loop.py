@@ -31,12 +31,20 @@ def _train_iterator(config, start_step: int = 0):
     return iter(loader)
 
 
-def _check_finite(state) -> None:
+def _check_finite(state, checkpoints: Checkpoints) -> None:
+    """Stops the run at the first non-finite loss, naming the checkpoint it keeps (saves happen only after
+    this check, so every checkpoint predates the bad step)."""
     bad_step = int(state.nonfinite_step)
     if bad_step >= 0:
+        checkpoints.wait()  # the kept checkpoint is complete before the run stops
+        kept = checkpoints.latest_step()
+        if kept is None:
+            outcome = "no checkpoint was written before it, so there is none to resume from"
+        else:
+            outcome = f"its last checkpoint, step {kept}, is kept"
         raise NonFiniteLossError(
-            f"the training loss became non-finite at step {bad_step}; the run stops and the last checkpoint "
-            "(taken before that step) is kept. Lower the learning rate or check the input data."
+            f"the training loss became non-finite at step {bad_step}; the run stops and {outcome}. "
+            "Lower the learning rate or check the input data."
         )
 
 
@@ -112,20 +120,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
             report_progress(step)
 
             if _due(step, plan.log_every, plan.total_steps):
-                _check_finite(state)
+                _check_finite(state, checkpoints)
                 scalars = {f"train/{key}": value for key, value in train_metrics.compute().items()}
                 scalars["train/img_per_s"] = window_steps * config.batch_size / (time.perf_counter() - window_start)
                 final.update(log.write(step, scalars))
                 train_metrics, window_start, window_steps = None, time.perf_counter(), 0
             if _due(step, plan.eval_every, plan.total_steps):
-                _check_finite(state)
+                _check_finite(state, checkpoints)
                 with report_progress.timed("eval"):
                     eval_scalars = {f"eval/{key}": value for key, value in evaluate(state).compute().items()}
                 final.update(log.write(step, eval_scalars))
                 window_start = time.perf_counter()
             stop = preempted(step)
             if _due(step, plan.checkpoint_every, plan.total_steps) or stop:
-                _check_finite(state)
+                _check_finite(state, checkpoints)
                 checkpoints.save(step, state, train_iter)
             if stop:
                 logging.warning("SIGTERM received: saved the checkpoint at step %d and stopping.", step)
