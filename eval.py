@@ -14,7 +14,8 @@ Multi-host: run the same command on every host, with the same distributed flags 
 from absl import app, flags
 from ml_collections import config_flags
 
-from effnetx_jax import cli_flags
+from effnetx_jax import cli, cli_flags
+from effnetx_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file (path.py or path.py:arg); default: the config stored in --workdir.", lock_config=True
@@ -39,17 +40,14 @@ def main(argv):
     from effnetx_jax.train import evaluate_checkpoint
 
     cli_flags.initialize_distributed()
-    config = _CONFIG.value
+    config = cli.config_value(_CONFIG)
     if config is None:
-        try:
-            config = weights.read_config(_WORKDIR.value)
-        except (OSError, ValueError) as error:  # no weights there, or a folder of an earlier version
-            raise SystemExit(f"error: {error}") from None
+        config = weights.read_config(_WORKDIR.value)
         for key, flag in (("data_dir", _DATA_DIR), ("eval_split", _EVAL_SPLIT)):
             if flag.value is not None:
                 config[key] = flag.value
     elif _DATA_DIR.value is not None or _EVAL_SPLIT.value is not None:
-        raise SystemExit("error: --data_dir and --eval_split apply to the stored config; with --config: --config.KEY")
+        raise UserError("--data_dir and --eval_split apply to the stored config; with --config: --config.KEY")
     result = evaluate_checkpoint(config, _WORKDIR.value, step=_STEP.value, weights=_WEIGHTS.value)
     print(
         f"{_weights_label(result['step'])} on {config.dataset} {config.eval_split}: "
@@ -60,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

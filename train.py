@@ -8,7 +8,7 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 from absl import app, flags
 from ml_collections import config_flags
 
-from effnetx_jax import cli_flags
+from effnetx_jax import cli, cli_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (path.py or path.py:arg).", lock_config=True
@@ -24,9 +24,9 @@ def main(argv):
     from effnetx_jax.train import format_metrics, train_and_evaluate
 
     cli_flags.initialize_distributed()
-    metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    metrics = train_and_evaluate(cli.config_value(_CONFIG), _WORKDIR.value)
     print(format_metrics(metrics), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

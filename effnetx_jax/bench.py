@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from effnetx_jax import config_files
+from effnetx_jax import cli, config_files
+from effnetx_jax.errors import UserError
 from effnetx_jax.models import FAMILIES, architecture, costs, create_model, family_members, model_config
 
 
@@ -80,9 +81,9 @@ def random_variables(model, image, seed: int = 0) -> dict:
 def benchmark(cfg, *, batch: int, mode: str = "infer", steps: int = 20, warmup: int = 3, resolution=None) -> dict:
     """Times one model config; returns the numbers `main` prints."""
     if mode not in ("infer", "train"):
-        raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
+        raise UserError(f"mode must be 'infer' or 'train', got {mode!r}")
     if batch < 1 or steps < 1 or warmup < 0:
-        raise ValueError(f"batch and steps must be >= 1 and warmup >= 0, got {batch}, {steps}, {warmup}")
+        raise UserError(f"batch and steps must be >= 1 and warmup >= 0, got {batch}, {steps}, {warmup}")
     model = create_model(cfg)
     resolution = resolution or cfg.resolution
     images = jax.random.normal(jax.random.key(0), (batch, resolution, resolution, 3), jnp.float32)
@@ -176,7 +177,13 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=_sizes, default=list(range(8)), help="family members, e.g. 0-3 (default 0-7)")
     parser.add_argument("--plot", help="with --family: write latency against FLOPs to this PNG")
     parser.add_argument("--json", action="store_true", help="print one JSON object per model")
+    cli.add_traceback_argument(parser)
     args = parser.parse_args(argv)
+    with cli.one_line_errors(args.traceback):
+        return _run(args, parser)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     requested = _requested(args, parser)
     if args.plot and not args.family:
         parser.error("--plot needs --family")

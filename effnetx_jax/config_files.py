@@ -10,6 +10,8 @@ from typing import NoReturn
 
 import ml_collections
 
+from effnetx_jax.errors import UserError
+
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Runs `get_config()` (or `get_config(arg)` for `path.py:arg`) of a config file."""
@@ -20,7 +22,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path!r} defines no get_config()")
+        raise UserError(f"config file {path!r} defines no get_config()")
     return module.get_config(arg) if arg else module.get_config()
 
 
@@ -49,9 +51,9 @@ def _tuples(value):
     return value
 
 
-def config_error(key: str, reason: str) -> ValueError:
+def config_error(key: str, reason: str) -> UserError:
     """The error for a bad experiment or trainer config key: `config.<key>: <reason>`."""
-    return ValueError(f"config.{key}: {reason}")
+    return UserError(f"config.{key}: {reason}")
 
 
 def fail(key: str, reason: str) -> NoReturn:

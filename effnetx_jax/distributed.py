@@ -16,6 +16,8 @@ import time
 import jax
 from absl import logging
 
+from effnetx_jax.errors import UserError
+
 ENVIRONMENT_VARIABLES = {
     "coordinator_address": "JAX_COORDINATOR_ADDRESS",
     "num_processes": "JAX_NUM_PROCESSES",
@@ -68,13 +70,13 @@ def _explicit_settings(coordinator_address, num_processes, process_id) -> tuple[
         return None
     missing = [f"--{key} (or {ENVIRONMENT_VARIABLES[key]})" for key, value in given.items() if value is None]
     if missing:
-        raise ValueError(f"distributed start-up: {', '.join(missing)} missing; give all three settings or none")
+        raise UserError(f"distributed start-up: {', '.join(missing)} missing; give all three settings or none")
     try:
         count, index = int(given["num_processes"]), int(given["process_id"])
     except ValueError as error:
-        raise ValueError(f"distributed start-up: num_processes and process_id must be integers ({error})") from None
+        raise UserError(f"distributed start-up: num_processes and process_id must be integers ({error})") from None
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"distributed start-up: process_id {index} is not in [0, num_processes={count})")
+        raise UserError(f"distributed start-up: process_id {index} is not in [0, num_processes={count})")
     return str(given["coordinator_address"]), count, index
 
 
@@ -99,7 +101,7 @@ def _wait_for_coordinator(address: str, index: int, count: int, timeout_s: int) 
     """
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"distributed start-up: coordinator address {address!r} is not HOST:PORT")
+        raise UserError(f"distributed start-up: coordinator address {address!r} is not HOST:PORT")
     deadline = time.monotonic() + timeout_s
     while True:
         try:

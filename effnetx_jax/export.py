@@ -23,7 +23,7 @@ import os
 
 from absl import app, flags
 
-from effnetx_jax import predict
+from effnetx_jax import cli, predict
 
 EXPORT_FILE = "model.jax_export"
 SIGNATURE_FILE = "signature.json"
@@ -157,12 +157,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     values = flags.FLAGS
     exporter = EXPORTERS[values.format]
-    try:
-        paths = exporter(
-            values.workdir, values.out, weights=values.weights, step=values.step, platforms=values.platforms
-        )
-    except (OSError, ValueError) as error:  # no weights in DIR, a bad --weights/--step
-        raise SystemExit(f"error: {error}") from None
+    paths = exporter(values.workdir, values.out, weights=values.weights, step=values.step, platforms=values.platforms)
     total = sum(os.path.getsize(path) for path in paths)
     print(f"{values.format} export of {values.workdir} for {', '.join(values.platforms)}:")
     for path in paths:
@@ -176,4 +171,4 @@ if __name__ == "__main__":
     flags.DEFINE_enum("format", "stablehlo", list(EXPORTERS), "stablehlo (jax.export) or savedmodel (TF, via jax2tf).")
     flags.DEFINE_list("platforms", list(DEFAULT_PLATFORMS), "Platforms the artifact runs on: cpu, cuda, rocm, tpu.")
     flags.mark_flag_as_required("out")
-    app.run(main)
+    cli.run(main, config_flags=())

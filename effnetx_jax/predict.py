@@ -21,10 +21,13 @@ import importlib
 import numpy as np
 from absl import app, flags
 
+from effnetx_jax import cli
+from effnetx_jax.errors import UserError
+
 IMAGENET_CLASSES = 1000
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image file that cannot be read or decoded; the message names the file."""
 
 
@@ -92,9 +95,9 @@ def predict(
     from effnetx_jax import weights as weights_lib
 
     if not paths:
-        raise ValueError("no image files given")
+        raise UserError("no image files given")
     if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+        raise UserError(f"top_k must be at least 1, got {top_k}")
     config = weights_lib.read_config(directory)
     # Every image is read before the model loads, so a bad file fails in a second, not after the load.
     pixels = read_pixels(paths, config).astype(np.float32)
@@ -204,14 +207,11 @@ def main(argv):
     if len(argv) < 2:
         raise app.UsageError("usage: python -m effnetx_jax.predict --workdir=DIR IMAGE [IMAGE ...]")
     values = flags.FLAGS
-    try:
-        predictions = predict(values.workdir, argv[1:], top_k=values.top_k, weights=values.weights, step=values.step)
-    except (OSError, ValueError) as error:  # an unreadable image, no weights in DIR, a bad --weights/--step
-        raise SystemExit(f"error: {error}") from None
+    predictions = predict(values.workdir, argv[1:], top_k=values.top_k, weights=values.weights, step=values.step)
     print("\n".join(format_prediction(prediction) for prediction in predictions), flush=True)
 
 
 if __name__ == "__main__":
     define_weights_flags()
     flags.DEFINE_integer("top_k", 5, "Classes to show per image, most probable first.")
-    app.run(main)
+    cli.run(main, config_flags=())

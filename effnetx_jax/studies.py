@@ -28,6 +28,8 @@ from collections.abc import Iterator
 import optuna
 from optuna.trial import TrialState
 
+from effnetx_jax.errors import UserError
+
 JOURNAL_FILE = "optuna.journal"
 HEARTBEAT_KEY = "last_heartbeat"
 ERROR_KEY = "error"
@@ -52,7 +54,7 @@ def open_storage(url: str | None, workdir: str) -> optuna.storages.BaseStorage:
             optuna.storages.journal.JournalFileBackend(os.path.join(workdir, JOURNAL_FILE))
         )
     if not url.startswith(("postgresql", "mysql", "sqlite")):
-        raise ValueError(
+        raise UserError(
             f"--storage={url!r}: expected a database URL (postgresql://..., mysql://..., sqlite:///...); "
             f"leave it unset for the journal file {JOURNAL_FILE} in the workdir"
         )
@@ -76,7 +78,7 @@ def open_study(
         study.set_user_attr(FINGERPRINT_KEY, expected)
         study.set_user_attr("experiment_config", json.loads(config.to_json_best_effort(sort_keys=True)))
     elif found != expected:
-        raise ValueError(
+        raise UserError(
             f"study {name!r} in this storage was created by a different experiment config (the settings differ, "
             "so its results do not apply); use a new --workdir, another --study_name, or the original config"
         )

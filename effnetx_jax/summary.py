@@ -14,7 +14,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from effnetx_jax import config_files
+from effnetx_jax import cli, config_files
 from effnetx_jax.models import VARIANTS, architecture, create_model, model_config
 from effnetx_jax.models import costs as cost_model
 from effnetx_jax.models.efficientnet import Block
@@ -176,7 +176,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="batch for bytes moved and FLOP/B (default 1)")
     parser.add_argument("--dtype", help="element size for bytes moved (default: the model's compute dtype)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of tables")
+    cli.add_traceback_argument(parser)
     args = parser.parse_args(argv)
+    with cli.one_line_errors(args.traceback):
+        return _run(args, parser)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if sum(map(bool, (args.name, args.all, args.config))) != 1:
         parser.error("give exactly one of NAME, --all or --config")
     if args.all:

@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from effnetx_jax import config_files
+from effnetx_jax.errors import UserError
 from effnetx_jax.models import EfficientNet, create_model
 
 CONFIG_FILE = config_files.CONFIG_JSON
@@ -47,7 +48,7 @@ def read_config(directory: str) -> ml_collections.ConfigDict:
     if os.path.isfile(path):
         return config_files.read_json(path)
     if is_converted(directory) and os.path.isfile(os.path.join(directory, LEGACY_CONFIG_FILE)):
-        raise ValueError(
+        raise UserError(
             f"{directory} was converted by an earlier effnetx_jax: it describes its model in "
             f"{LEGACY_CONFIG_FILE}, Python that loading weights never runs. Convert the weights again "
             f"into a new folder ({_reconvert_command(directory)}); it will hold {CONFIG_FILE} instead"
@@ -77,10 +78,10 @@ def read_variables(directory: str, *, weights: str = "ema", step: int | None = N
     (default: the latest).
     """
     if weights not in STATE_FIELDS:
-        raise ValueError(f"weights must be one of {', '.join(STATE_FIELDS)}, got {weights!r}")
+        raise UserError(f"weights must be one of {', '.join(STATE_FIELDS)}, got {weights!r}")
     if is_converted(directory):
         if step is not None or weights != "ema":
-            raise ValueError(
+            raise UserError(
                 f"{directory} is a converted checkpoint: it holds one set of weights, with no steps and no raw/EMA "
                 "choice; leave step and weights at their defaults"
             )

@@ -20,6 +20,7 @@ from effnetx_jax import config_files
 from effnetx_jax.convert import tf_checkpoint, timm_weights
 from effnetx_jax.convert.layout import model_layers
 from effnetx_jax.convert.matching import ConversionError, assemble
+from effnetx_jax.errors import UserError
 from effnetx_jax.models import architecture
 
 SOURCES = ("tf", "timm")
@@ -78,7 +79,7 @@ def _open(kind: str, source: str) -> _Source:
             lambda layers, model_cfg: timm_weights.wanted_tensors(layers, architecture(model_cfg)),
             timm_weights.is_dropped,
         )
-    raise ValueError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCES)}")
+    raise UserError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCES)}")
 
 
 def convert(kind: str, source: str, model: str | ml_collections.ConfigDict, *, advprop: bool = False):

@@ -7,6 +7,8 @@ python -m effnetx_jax.convert tf advprop/efficientnet-b3/model.ckpt --model=effi
 
 from absl import app, flags
 
+from effnetx_jax import cli
+
 _MODEL = flags.DEFINE_string("model", None, "Registered variant the weights belong to, e.g. efficientnet-b0.")
 _CONFIG = flags.DEFINE_string(
     "config", None, "Instead of --model: a trainer config file (path.py or path.py:arg) of any architecture."
@@ -25,12 +27,9 @@ def main(argv):
     _, kind, source = argv
     from effnetx_jax import config_files, convert, weights
 
-    try:
-        model = config_files.load_config(_CONFIG.value) if _CONFIG.value else _MODEL.value
-        config, variables, report = convert.convert(kind, source, model, advprop=_ADVPROP.value)
-        weights.save_converted(_OUT.value, config, variables, report)
-    except (OSError, ValueError) as error:  # unreadable source, another architecture, an unknown variant
-        raise SystemExit(f"error: {error}") from None
+    model = config_files.load_config(_CONFIG.value) if _CONFIG.value else _MODEL.value
+    config, variables, report = convert.convert(kind, source, model, advprop=_ADVPROP.value)
+    weights.save_converted(_OUT.value, config, variables, report)
     print(
         f"{report['model']}: {report['tensors_loaded']} tensors from {source} "
         f"({report['ema_shadows_used']} of them EMA shadows), {len(report['dropped'])} dropped "
@@ -41,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

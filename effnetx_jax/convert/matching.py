@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from effnetx_jax.convert.layout import Layer
+from effnetx_jax.errors import UserError
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """The source does not hold the weights of the requested model."""
 
 

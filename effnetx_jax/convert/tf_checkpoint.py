@@ -16,6 +16,7 @@ import numpy as np
 
 from effnetx_jax.convert.layout import Layer
 from effnetx_jax.convert.matching import FlaxKey, SourceTensor, flax_keys
+from effnetx_jax.errors import UserError
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
 # Training-only variables: optimizer slots (RMSProp, momentum) and the step counter.
@@ -81,7 +82,7 @@ def model_scope(shapes) -> str:
     """The top-level scope of the checkpoint's model variables (the model name it was built with)."""
     scopes = sorted({name.split("/")[0] for name in shapes if not is_dropped(name) and "/" in name})
     if len(scopes) != 1:
-        raise ValueError(f"expected the variables of one model under one scope, found scopes {scopes}")
+        raise UserError(f"expected the variables of one model under one scope, found scopes {scopes}")
     return scopes[0]
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from effnetx_jax.convert.layout import Layer
 from effnetx_jax.convert.matching import FlaxKey, SourceTensor, flax_keys
+from effnetx_jax.errors import UserError
 from effnetx_jax.models.scaling import Architecture
 
 _DTYPES = {
@@ -61,7 +62,7 @@ def _block_prefixes(arch: Architecture) -> dict[str, tuple[str, dict[str, str]]]
     prefixes, position_in_stage = {}, {}
     for spec in arch.blocks:
         if spec.block_type != "mbconv" or spec.space_to_depth_conv or spec.space_to_batch:
-            raise ValueError(
+            raise UserError(
                 f"{arch.name} block {spec.index} is a {spec.block_type} block"
                 f"{' with space-to-depth' if spec.space_to_depth_conv else ''}"
                 f"{' with space-to-batch' if spec.space_to_batch else ''}: timm's tf_efficientnet_b* weights hold "

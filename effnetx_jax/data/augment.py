@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from effnetx_jax.errors import UserError
+
 # Magnitudes (levels) are given out of this maximum, as the AutoAugment controller predicted them.
 MAX_LEVEL = 10.0
 
@@ -420,9 +422,9 @@ class RandAugment:
 
     def __post_init__(self):
         if self.num_layers < 0:
-            raise ValueError(f"RandAugment num_layers must be >= 0, got {self.num_layers}")
+            raise UserError(f"RandAugment num_layers must be >= 0, got {self.num_layers}")
         if not 0 <= self.magnitude <= MAX_MAGNITUDE:
-            raise ValueError(f"RandAugment magnitude must be in 0..{MAX_MAGNITUDE:g}, got {self.magnitude}")
+            raise UserError(f"RandAugment magnitude must be in 0..{MAX_MAGNITUDE:g}, got {self.magnitude}")
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         _check_image(image)
@@ -441,7 +443,7 @@ class AutoAugment:
 
     def __post_init__(self):
         if self.policy not in AUTOAUGMENT_POLICIES:
-            raise ValueError(f"unknown AutoAugment policy {self.policy!r}; known: {sorted(AUTOAUGMENT_POLICIES)}")
+            raise UserError(f"unknown AutoAugment policy {self.policy!r}; known: {sorted(AUTOAUGMENT_POLICIES)}")
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         _check_image(image)
@@ -474,4 +476,4 @@ def parse_augment(spec: str) -> RandAugment | AutoAugment | None:
         reason = "unrecognised form"
     except ValueError as error:
         reason = str(error)
-    raise ValueError(f"config.data.augment={spec!r} is invalid ({reason}); accepted forms: {_ACCEPTED_FORMS}")
+    raise UserError(f"config.data.augment={spec!r} is invalid ({reason}); accepted forms: {_ACCEPTED_FORMS}")

@@ -13,6 +13,8 @@ Only absl is imported at the top: Grain's worker processes re-import this module
 
 from absl import app, flags
 
+from effnetx_jax import cli
+
 _DATASET = flags.DEFINE_string("dataset", "synthetic_imagenet/bench", "TFDS name or folder:ROOT.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
 _TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Split read by the training pipeline.")
@@ -86,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, config_flags=())

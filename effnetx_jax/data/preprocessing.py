@@ -42,6 +42,7 @@ from absl import logging
 from effnetx_jax import config_files
 from effnetx_jax.data import augment as augment_lib
 from effnetx_jax.data import decode
+from effnetx_jax.errors import UserError
 
 # OpenCV's own thread pool would oversubscribe the cores that Grain's threads and workers use.
 cv2.setNumThreads(1)
@@ -276,7 +277,7 @@ class CheckBatch(grain.transforms.Map):
         indices = batch.pop("index")  # not needed on the device
         bad = indices[batch["skipped"] == 1]
         if 2 * len(bad) > len(indices):
-            raise ValueError(
+            raise UserError(
                 f"dataset {self.dataset!r}, split {self.split!r}: {len(bad)} of the {len(indices)} images "
                 f"of a batch could not be decoded (dataset indices {bad.tolist()}); check the files"
             )

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from effnetx_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "PNG file to write.")
@@ -56,11 +58,11 @@ def main(argv):
     for path in paths:
         with open(path, "rb") as file:
             images.append(file.read())
-    grid = preview_grid(_CONFIG.value, images, _SAMPLES.value)
+    grid = preview_grid(cli.config_value(_CONFIG), images, _SAMPLES.value)
     Image.fromarray(grid).save(_OUT.value)
     print(f"wrote {_OUT.value}: {len(images)} image(s) x (eval view + {_SAMPLES.value} training samples)")
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "out"])
-    app.run(main)
+    cli.run(main)

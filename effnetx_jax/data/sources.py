@@ -23,6 +23,7 @@ import importlib
 import os
 
 from effnetx_jax import config_files
+from effnetx_jax.errors import UserError
 
 ARRAY_RECORD = "array_record"
 # Datasets of this package, built locally by their TFDS builders when first asked for.
@@ -47,7 +48,7 @@ def ensure_prepared(name: str, data_dir: str | None = None):
 
     The datasets of this package (`digits`, `synthetic_imagenet/small|bench`) are built on first use
     (seconds, no network); any other dataset must already be prepared in array_record, which
-    `tfds.data_source` and Grain's random access need. Otherwise this raises a ValueError that says
+    `tfds.data_source` and Grain's random access need. Otherwise this raises a `UserError` that says
     how to prepare or convert it.
     """
     import tensorflow_datasets as tfds
@@ -70,13 +71,13 @@ def ensure_prepared(name: str, data_dir: str | None = None):
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.DatasetNotFoundError as error:
             where = data_dir or "the default TFDS data dir"
-            raise ValueError(
+            raise UserError(
                 f"dataset {name!r} is neither a registered TFDS dataset nor prepared in {where}; check "
                 f"config.dataset, or prepare it with {_build_command(name, data_dir)} or in Python with "
                 f"`tfds.builder(...).download_and_prepare(file_format={ARRAY_RECORD!r})`"
             ) from error
         if not builder.is_prepared():
-            raise ValueError(
+            raise UserError(
                 f"dataset {name!r} is not prepared in {builder.data_dir_root}; "
                 f"prepare it with {_build_command(name, builder.data_dir_root)} or in Python with "
                 f"`tfds.builder({name!r}, data_dir=...).download_and_prepare(file_format={ARRAY_RECORD!r})`"
@@ -88,7 +89,7 @@ def ensure_prepared(name: str, data_dir: str | None = None):
 def _check_array_record(builder) -> None:
     formats = {fmt.value for fmt in builder.info.available_file_formats()}
     if ARRAY_RECORD not in formats:
-        raise ValueError(
+        raise UserError(
             f"dataset {builder.name!r} is prepared in {builder.data_path} as {', '.join(sorted(formats))}, "
             f"but tfds.data_source and Grain need {ARRAY_RECORD} (random access); convert it in place with "
             f"`tfds convert_format --dataset_version_dir={builder.data_path} --out_file_format={ARRAY_RECORD}` "

@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from effnetx_jax import cli_flags, study_flags
+from effnetx_jax import cli, cli_flags, study_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "LACS experiment config (experiments/lacs/NAME.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: study journal, proxy runs, report, family configs.")
@@ -25,7 +25,7 @@ def main(argv):
 
     cli_flags.initialize_distributed()
     run_lacs(
-        _CONFIG.value,
+        cli.config_value(_CONFIG),
         _WORKDIR.value,
         storage=study_flags.STORAGE.value,
         timing=study_flags.timing(),
@@ -35,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -20,13 +20,15 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from effnetx_jax.errors import UserError
+
 _TOKEN = re.compile(r"^([a-z]+)(\d.*)?$")
 _VALUED_KEYS = ("r", "k", "s", "e", "i", "o", "se", "c", "f", "d", "a", "b")
 _REQUIRED_KEYS = ("r", "k", "s", "e", "i", "o")
 ACTIVATIONS = ("relu", "swish")
 
 
-class BlockStringError(ValueError):
+class BlockStringError(UserError):
     """A block string that cannot describe a block; the message names the string and the token."""
 
     def __init__(self, block_string: str, token: str, reason: str):
@@ -99,7 +101,7 @@ def _int(block_string: str, key: str, value: str, allowed=None, minimum: int = 1
 
 
 def decode(block_string: str) -> BlockArgs:
-    """Parses one block string; raises `BlockStringError` (a ValueError) naming the bad token."""
+    """Parses one block string; raises `BlockStringError` (a `UserError`) naming the bad token."""
     values, noskip = _split_tokens(block_string)
     strides_token = "s" + values["s"]
     if len(values["s"]) != 2 or not values["s"].isdigit():

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from effnetx_jax.errors import UserError
+
 # Reference `conv_kernel_initializer`: N(0, sqrt(2 / fan_out)), fan_out = kh * kw * out_channels.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # Depthwise kernels are stored [kh, kw, 1, C] (Flax's grouped-conv layout); TF's [kh, kw, C, 1]
@@ -270,7 +272,7 @@ def space_to_batch(x: jax.Array, block: int) -> jax.Array:
     """
     n, h, w, c = x.shape
     if h % block or w % block:
-        raise ValueError(f"space_to_batch: block {block} does not divide the {h}x{w} feature map")
+        raise UserError(f"space_to_batch: block {block} does not divide the {h}x{w} feature map")
     x = x.reshape(n, h // block, block, w // block, block, c)
     x = x.transpose(0, 2, 4, 1, 3, 5)
     return x.reshape(n * block * block, h // block, w // block, c)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from effnetx_jax.errors import UserError
+
 # `efficientnet_builder._DEFAULT_BLOCKS_ARGS`: swish everywhere, depthwise MBConv, no s2d.
 EFFICIENTNET_BLOCKS = (
     "r1_k3_s11_e1_i32_o16_se0.25",
@@ -100,10 +102,10 @@ def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(VARIANTS)}") from None
+        raise UserError(f"unknown model {name!r}; registered models: {', '.join(VARIANTS)}") from None
 
 
 def family_members(family: str) -> list[str]:
     if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}")
+        raise UserError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}")
     return [f"{family}-b{i}" for i in range(8)]

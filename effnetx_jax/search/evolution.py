@@ -14,6 +14,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from effnetx_jax.errors import UserError
 from effnetx_jax.search.space import SearchSpace
 
 
@@ -33,7 +34,7 @@ def tournament(population: list[FrozenTrial], sample_size: int, rng: np.random.G
 class AgingEvolutionSampler(optuna.samplers.BaseSampler):
     def __init__(self, space: SearchSpace, population: int, sample_size: int, seed: int = 0):
         if not 1 <= sample_size <= population:
-            raise ValueError(f"need 1 <= sample_size <= population, got {sample_size} and {population}")
+            raise UserError(f"need 1 <= sample_size <= population, got {sample_size} and {population}")
         self._space = space
         self._population = population
         self._sample_size = sample_size

@@ -21,6 +21,7 @@ import hashlib
 import ml_collections
 import numpy as np
 
+from effnetx_jax.errors import UserError
 from effnetx_jax.models import architecture, block_string
 from effnetx_jax.models.block_string import BlockArgs
 from effnetx_jax.models.config import decode_stages
@@ -31,7 +32,7 @@ CONV_TYPES = ("depthwise", "fused")
 MAX_DRAWS = 200
 
 
-class InvalidCandidate(ValueError):
+class InvalidCandidate(UserError):
     """A combination of choices that describes no model; the message says which and why."""
 
 

@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from effnetx_jax.errors import UserError
+
 # Orbax saves a replicated array "replica-parallel": each of R replicas writes 1/R of it, which takes one
 # small compiled slice per array and device before the first save (hundreds on 8 devices, a minute on
 # CPU). Only slices of at least this size are worth it; smaller arrays are written whole by one replica.
@@ -76,7 +78,7 @@ class Checkpoints:
         if step is None:
             return steps[-1]
         if step not in steps:
-            raise ValueError(
+            raise UserError(
                 f"no checkpoint at step {step} in {self.directory}; available steps: {', '.join(map(str, steps))}"
             )
         return step
@@ -116,7 +118,7 @@ class Checkpoints:
         ]
         if problems:
             listed = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint at step {step} in {self.directory} was written for another config: {listed}. "
                 "Use the config it was trained with, or a new --workdir for another model."
             )

@@ -54,7 +54,7 @@ class Components:
 
 
 def build_components(config) -> Components:
-    """Checks `config` (raising ValueError naming the key) before anything is compiled, then builds."""
+    """Checks `config` (raising `UserError` naming the key) before anything is compiled, then builds."""
     info = data.dataset_info(config)  # prepares the bundled digits dataset on first use
     check_config(config, info.num_classes)
     multihost.check_same_config(config)

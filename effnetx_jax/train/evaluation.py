@@ -10,6 +10,7 @@ import jax
 
 from effnetx_jax import data
 from effnetx_jax import weights as weights_lib
+from effnetx_jax.errors import UserError
 from effnetx_jax.train import sharding
 from effnetx_jax.train.checkpoints import Checkpoints
 from effnetx_jax.train.components import Components, build_components
@@ -57,7 +58,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: 
     checkpoint of another model fail before anything is restored or compiled.
     """
     if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        raise UserError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     if weights_lib.is_converted(workdir):
         state, state_sharding, components = _converted_weights(config, workdir, step, weights)
     else:
@@ -90,7 +91,7 @@ def _converted_weights(config, directory: str, step, weights: str):
             for tree in (variables[collection], getattr(expected, collection))
         )
         if saved != wanted:
-            raise ValueError(
+            raise UserError(
                 f"the converted checkpoint in {directory} holds another model than config.model "
                 f"({config.model.name}); evaluate it with the config stored with it: "
                 f"python eval.py --workdir={directory} (without --config)"

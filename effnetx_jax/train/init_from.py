@@ -39,7 +39,7 @@ def _exclusion(config):
 
 def read_pretrained(config, abstract_state) -> dict[str, np.ndarray]:
     """The variables `config.init_from` provides for this model, as `{"params/...": value}`, checked
-    against `abstract_state` (shapes only, nothing computed). Raises ValueError naming the first
+    against `abstract_state` (shapes only, nothing computed). Raises `UserError` naming the first
     variable that is missing or has another shape, and suggesting `config.init_exclude`."""
     directory = config.init_from
     if not os.path.isdir(directory):

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from effnetx_jax.errors import UserError
+
 
 def config_fingerprint(config) -> np.ndarray:
     """The config's SHA-256 as eight uint32 words (arrays, so processes can compare them)."""
@@ -30,7 +32,7 @@ def check_same_config(config) -> None:
         index for index, fingerprint in enumerate(fingerprints) if not np.array_equal(fingerprint, fingerprints[0])
     ]
     if differing:
-        raise ValueError(
+        raise UserError(
             f"processes {differing} run a different config from process 0 (the config hashes differ); every "
             "process must run the same command with the same config file and overrides"
         )

@@ -65,7 +65,7 @@ def bn_groups(config) -> int:
 
 
 def check_config(config, num_classes: int) -> None:
-    """Checks that need no data and no compilation; raises ValueError naming the key."""
+    """Checks that need no data and no compilation; raises `UserError` naming the key."""
     architecture(config.model)
     devices = jax.device_count()
     for key in ("batch_size", "eval_batch_size"):

@@ -1,0 +1,148 @@
+"""What every command line shares: a user's mistake is one `error: ...` line and exit status 1.
+
+A user's mistake is an `errors.UserError` (config key, block string, dataset, flag) or an `OSError`
+(missing path, workdir that is a file, read-only directory): the message already names the problem,
+so a traceback would only bury it. Every other exception is a bug and keeps its traceback.
+`--traceback` (or `EFFNETX_TRACEBACK=1`) shows the traceback of a user's mistake too.
+
+Config files (`--config=path.py[:arg]`) are checked before anything else: a missing file or a syntax
+error is reported before JAX is imported. Only the standard library and absl are imported here:
+Grain's worker processes re-import the entry points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+
+import ml_collections
+from absl import app, flags
+
+from effnetx_jax import config_files
+from effnetx_jax.errors import UserError
+
+TRACEBACK_ENV = "EFFNETX_TRACEBACK"
+_TRACEBACK_HELP = f"Show the traceback of an error in the input too (or set {TRACEBACK_ENV}=1)."
+_TRACEBACK = flags.DEFINE_bool("traceback", False, _TRACEBACK_HELP)
+USER_MISTAKES = (UserError, OSError)
+
+
+def one_line(error: BaseException | str) -> str:
+    """`error`'s message on one line (multi-line messages are joined with '; ')."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    lines = [line.strip() for line in str(text).splitlines()]
+    return "; ".join(line for line in lines if line) or type(error).__name__
+
+
+@contextlib.contextmanager
+def one_line_errors(show_traceback: bool = False) -> Iterator[None]:
+    """Turns a user's mistake raised inside into `SystemExit('error: ...')`, unless tracebacks are asked for."""
+    try:
+        yield
+    except USER_MISTAKES as error:
+        if show_traceback or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        raise SystemExit(f"error: {one_line(error)}") from None
+
+
+def add_traceback_argument(parser: argparse.ArgumentParser) -> None:
+    """`--traceback` for a command line built on argparse; pass `args.traceback` to `one_line_errors`."""
+    parser.add_argument("--traceback", action="store_true", help=_TRACEBACK_HELP)
+
+
+def check_config_file(spec: str, flag: str = "--config") -> None:
+    """Raises `UserError` if the config file of `spec` (`path.py` or `path.py:arg`) is missing or does not
+    parse; compiles it without running it."""
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path):
+        raise UserError(f"{flag}={spec}: config file {path!r} does not exist")
+    try:
+        with open(path, "rb") as file:
+            compile(file.read(), path, "exec")
+    except SyntaxError as error:
+        raise UserError(f"{flag}={spec}: {path} line {error.lineno}: {error.msg}") from None
+
+
+def _config_file_arguments(argv: Sequence[str], names: Sequence[str]) -> Iterator[tuple[str, str]]:
+    for index, arg in enumerate(argv):
+        for name in names:
+            if arg.startswith(f"--{name}="):
+                yield f"--{name}", arg.split("=", 1)[1]
+            elif arg == f"--{name}" and index + 1 < len(argv):
+                yield f"--{name}", argv[index + 1]
+
+
+def config_value(holder: flags.FlagHolder):
+    """The value of a `config_flags` flag; a failure to load its file (which config_flags defers until
+    now) becomes a `UserError` naming the flag."""
+    try:
+        return holder.value
+    except Exception as error:  # the user's config file failed; its own exception says how
+        raise UserError(f"--{holder.name}: {one_line(_root_cause(error))}") from error
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _unknown_override(argv: Sequence[str], flag_names: Sequence[str]) -> str | None:
+    """For the first `--NAME.KEY=` override whose key its config lacks: the message naming the nearest key."""
+    specs = dict(_config_file_arguments(argv, flag_names))
+    for arg in argv:
+        name, _, dotted = arg[2:].partition("=")[0].partition(".")
+        if not (arg.startswith("--") and dotted and f"--{name}" in specs):
+            continue
+        section, path = config_files.load_config(specs[f"--{name}"]), []
+        for key in dotted.split("."):
+            if not isinstance(section, ml_collections.ConfigDict) or key not in section:
+                keys = list(section) if isinstance(section, ml_collections.ConfigDict) else []
+                nearest = difflib.get_close_matches(key, keys, n=1)
+                where = ".".join([f"--{name}", *path])
+                hint = (
+                    f"; did you mean {'.'.join([where, nearest[0]])}?" if nearest else f"; its keys: {', '.join(keys)}"
+                )
+                return f"--{name}.{dotted}: {where} has no key {key!r}{hint}"
+            section, path = section[key], [*path, key]
+    return None
+
+
+def _parse_flags(argv: list[str], config_flags: Sequence[str]) -> list[str]:
+    """absl's flag parsing, with its errors and those of config overrides (which config_flags applies
+    while parsing) as one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:  # a bad flag value, a missing required flag, a config file that failed
+        if "--traceback" in argv:
+            raise
+        message = str(error)
+        if "Traceback (most recent call last)" in message:  # keep the flag and the exception's own line
+            lines = [line.strip() for line in message.splitlines() if line.strip()]
+            message = f"{lines[0]} {lines[-1]}"
+        raise SystemExit(f"error: {one_line(message)}") from None
+    except Exception as error:  # a --config.KEY override the config cannot take
+        if "--traceback" in argv:
+            raise
+        message = _unknown_override(argv[1:], config_flags) or one_line(_root_cause(error))
+        raise SystemExit(f"error: {message}") from None
+
+
+def run(main: Callable[[list[str]], object], config_flags: Sequence[str] = ("config",)) -> None:
+    """`absl.app.run(main)` for an entry point with `config_flags.DEFINE_config_file` flags named
+    `config_flags`: their files are checked first, and a user's mistake while parsing or in `main` is
+    one line."""
+    with one_line_errors("--traceback" in sys.argv):
+        for flag, spec in _config_file_arguments(sys.argv[1:], config_flags):
+            check_config_file(spec, flag)
+
+    def guarded(argv):
+        with one_line_errors(_TRACEBACK.value):
+            return main(argv)
+
+    app.run(guarded, flags_parser=functools.partial(_parse_flags, config_flags=config_flags))
