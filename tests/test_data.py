@@ -3,6 +3,7 @@
 import collections
 import hashlib
 import io
+import re
 
 import ml_collections
 import numpy as np
@@ -11,6 +12,9 @@ from PIL import Image
 
 from effnetx_jax import data
 from effnetx_jax.data import preprocessing, sources
+from effnetx_jax.errors import UserError
+
+from conftest import tiny_run_config
 
 RESOLUTION = 16
 NUM_TRAIN, NUM_TEST = 1438, 359
@@ -339,6 +343,19 @@ def test_batch_must_divide_between_processes(data_dir):
         data.train_loader(make_config(data_dir), process_index=0, process_count=3)
     with pytest.raises(ValueError, match=r"config.eval_batch_size"):
         data.eval_batches(make_config(data_dir, eval_batch_size=49), process_count=2)
+
+
+def test_the_trainer_refuses_a_batch_larger_than_the_training_split_before_compiling(data_dir, tmp_path):
+    from effnetx_jax.train import train_and_evaluate
+
+    workdir = tmp_path / "run"
+    expected = (
+        f"config.batch_size: batch_size=2048 is larger than the training split 'train' of dataset 'digits', "
+        f"which has {NUM_TRAIN} examples; use a batch_size of at most {NUM_TRAIN}"
+    )
+    with pytest.raises(UserError, match=re.escape(expected)):
+        train_and_evaluate(tiny_run_config(data_dir, batch_size=2048), str(workdir))
+    assert not workdir.exists()  # refused before the workdir, the model or any program
 
 
 def test_dataset_in_tfrecord_asks_for_array_record(tmp_path):

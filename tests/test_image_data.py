@@ -5,6 +5,7 @@ the full augmentation."""
 import io
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from configs import quickstart
 from effnetx_jax import data
 from effnetx_jax.data import decode, preprocessing, preview, sources
 from effnetx_jax.data.synthetic import random_jpeg, write_image_folder
+from effnetx_jax.errors import UserError
 
 from conftest import PLUMBING_BLOCKS
 
@@ -138,6 +140,42 @@ def test_image_folder_errors_name_the_problem(tmp_path):
         data.dataset_info(image_config(f"folder:{tmp_path}", eval_split="val"))
 
 
+def test_an_empty_class_folder_is_refused_in_training_and_warned_in_evaluation(tmp_path, caplog):
+    # An image-less class folder in the training split: refused, naming it and what is read.
+    write_image_folder(str(tmp_path / "a"), {"train": 10, "val": 10}, max_side=60)
+    empty = tmp_path / "a" / "train" / "class_9_copy"
+    os.makedirs(empty)
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match=rf"config.train_split: {empty} holds no images \(\.jpg, .* every class"):
+        data.dataset_info(image_config(f"folder:{tmp_path / 'a'}", eval_split="val"))
+    # In the eval split: a warning, and the other classes are evaluated.
+    write_image_folder(str(tmp_path / "b"), {"train": 10, "val": 10}, max_side=60)
+    for image in (tmp_path / "b" / "val" / "class_3").iterdir():
+        image.unlink()
+    with caplog.at_level(logging.WARNING):
+        info = data.dataset_info(image_config(f"folder:{tmp_path / 'b'}", eval_split="val"))
+    assert (info.num_classes, info.num_train, info.num_eval) == (10, 10, 9)
+    assert f"config.eval_split: {tmp_path / 'b' / 'val' / 'class_3'} holds no images" in caplog.text
+
+
+def test_a_single_class_dataset_is_refused(tmp_path):
+    write_image_folder(str(tmp_path), {"train": 1, "val": 1}, max_side=60)  # class_0 only
+    with pytest.raises(UserError, match=r"config.dataset: .*train \(class subfolders: class_0\) has 1 class"):
+        data.dataset_info(image_config(f"folder:{tmp_path}", eval_split="val"))
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(tmp_path):
+    write_image_folder(str(tmp_path), {"train": 10, "val": 10}, max_side=60)
+    config = image_config(f"folder:{tmp_path}", eval_split="val", batch_size=16)
+    expected = (
+        f"config.batch_size: batch_size=16 is larger than the training split 'train' of dataset "
+        f"'folder:{tmp_path}', which has 10 examples; use a batch_size of at most 10"
+    )
+    for read in (data.dataset_info, data.train_loader):
+        with pytest.raises(UserError, match=re.escape(expected)):
+            read(config)
+
+
 def _write_bad_files(folder, count):
     os.makedirs(folder, exist_ok=True)
     for index in range(count):
@@ -154,7 +192,8 @@ def test_an_undecodable_image_is_skipped_counted_and_logged(tmp_path, caplog):
         batch = next(iter(data.train_loader(config)))  # 16 images: one epoch, shuffled
     assert batch["skipped"].sum() == 1 and batch["mask"].sum() == 15
     assert not batch["image"][batch["skipped"] == 1].any()
-    assert f"skipping the image at dataset index {bad_index}:" in caplog.text
+    bad_path = tmp_path / "train" / "class_0" / "bad_0.jpg"
+    assert f"skipping the image at dataset index {bad_index} ({bad_path}): not a readable image" in caplog.text
 
 
 def test_a_batch_of_mostly_undecodable_images_stops_the_run_naming_them(tmp_path):

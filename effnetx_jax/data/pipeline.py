@@ -55,15 +55,34 @@ def _local_batch_size(config, key: str, process_count: int) -> int:
 
 
 def dataset_info(config) -> DatasetInfo:
-    """Name, classes, split sizes and output image shape of `config.dataset` (prepares digits if needed)."""
+    """Name, classes, split sizes and output image shape of `config.dataset` (prepares digits if needed).
+
+    Also refuses a `config.batch_size` larger than the training split: this is the trainer's first look
+    at the data, before anything is compiled (evaluation builds from the same training config and
+    makes the same checks).
+    """
     resolution = config.model.resolution
+    num_classes = sources.num_classes(config)
+    num_train = sources.split_size(config, "train_split")
+    check_batch_fits(config, num_train)
     return DatasetInfo(
         name=config.dataset,
-        num_classes=sources.num_classes(config),
-        num_train=sources.split_size(config, "train_split"),
+        num_classes=num_classes,
+        num_train=num_train,
         num_eval=sources.split_size(config, "eval_split"),
         image_shape=(resolution, resolution, 3),
     )
+
+
+def check_batch_fits(config, num_train: int) -> None:
+    """Refuses a global batch larger than the training split of `num_train` examples: every batch would
+    hold some images twice and an "epoch" would be shorter than a step."""
+    if config.batch_size > num_train:
+        config_files.fail(
+            "batch_size",
+            f"batch_size={config.batch_size} is larger than the training split {config.train_split!r} of "
+            f"dataset {config.dataset!r}, which has {num_train} examples; use a batch_size of at most {num_train}",
+        )
 
 
 def _batches_ahead(config) -> int:
@@ -112,6 +131,7 @@ def train_loader(config, *, process_index: int = 0, process_count: int = 1, star
         config_files.fail("seed", f"Grain needs a seed in [0, 2**32), got {config.seed}")
     view = preprocessing.train_view(config)  # checks config.data.augment before any data is read
     source = sources.open_split(config, "train_split")
+    check_batch_fits(config, len(source))
     stream = grain.MapDataset.source(source).map_with_index(preprocessing.WithIndex())
     stream = stream.seed(config.seed).shuffle().repeat()
     stream = stream.map_with_index(preprocessing.WithEpoch(len(source))).map(view)

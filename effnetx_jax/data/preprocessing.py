@@ -25,8 +25,8 @@ by the reference exactly as it did. On a photo the two grids differ by ~8 levels
 
 Randomness: each example draws from its own generator seeded by (config.seed, epoch, dataset
 index), so a run is reproducible whatever the worker count, and a resumed run is identical.
-An image that cannot be decoded is logged with its dataset index and comes out black with mask 0:
-the step ignores it and counts it (`skipped_images`).
+An image that cannot be decoded is logged with its dataset index (and its file, for image folders)
+and comes out black with mask 0: the step ignores it and counts it (`skipped_images`).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ class _ImageTransform(grain.transforms.Map):
         try:
             image, skipped = self.view(record), 0.0
         except decode.UndecodableImage as error:
-            logging.warning("%s: skipping the image at dataset index %d: %s", self.dataset, record["index"], error)
+            logging.warning("%s: skipping the image at %s: %s", self.dataset, _where(record), error)
             image, skipped = np.zeros((self.size, self.size, 3), np.uint8), 1.0
         return {
             "image": image,
@@ -233,6 +233,12 @@ class _ImageTransform(grain.transforms.Map):
             "skipped": np.float32(skipped),
             "index": np.int64(record["index"]),
         }
+
+
+def _where(record) -> str:
+    """The record's dataset index, and its file where the source has one (image folders)."""
+    where = f"dataset index {record['index']}"
+    return f"{where} ({record['path']})" if "path" in record else where
 
 
 @dataclasses.dataclass(frozen=True)

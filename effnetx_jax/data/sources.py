@@ -22,6 +22,8 @@ import functools
 import importlib
 import os
 
+from absl import logging
+
 from effnetx_jax import config_files
 from effnetx_jax.errors import UserError
 
@@ -127,9 +129,32 @@ def split_size(config, key: str) -> int:
 
 
 def num_classes(config) -> int:
+    """The dataset's class count; a `UserError` for one with no class labels or a single class."""
     if config.dataset.startswith(FOLDER_PREFIX):
         return len(_folder_classes(config))
-    return ensure_prepared(config.dataset, config.data_dir).info.features["label"].num_classes
+    count = _tfds_num_classes(ensure_prepared(config.dataset, config.data_dir))
+    _check_several_classes(count, f"dataset {config.dataset!r}")
+    return count
+
+
+def _tfds_num_classes(builder) -> int:
+    import tensorflow_datasets as tfds
+
+    features = builder.info.features
+    if "label" not in features or not isinstance(features["label"], tfds.features.ClassLabel):
+        config_files.fail(
+            "dataset",
+            f"dataset {builder.name!r} has no 'label' class feature (its features: {', '.join(features)}); "
+            "the trainer reads image/label pairs",
+        )
+    return features["label"].num_classes
+
+
+def _check_several_classes(count: int, what: str) -> None:
+    """Refuses a dataset of fewer than two classes: a softmax over one class is 1 whatever the image, so
+    the loss is 0 from the first step and nothing is learned. Never meant, so an error, not a warning."""
+    if count < 2:
+        config_files.fail("dataset", f"{what} has {count} class(es); a classifier needs at least two")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,8 +173,9 @@ class ImageFolderSplit:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
+        # The path travels with the record so that an image that cannot be decoded is logged by its file.
         with open(self.paths[index], "rb") as file:
-            return {"image": file.read(), "label": self.labels[index]}
+            return {"image": file.read(), "label": self.labels[index], "path": self.paths[index]}
 
 
 def _folder_root(config) -> str:
@@ -177,6 +203,7 @@ def _folder_classes(config) -> tuple[str, ...]:
     classes = _classes_in(split_dir)
     if not classes:
         config_files.fail("dataset", f"{split_dir} has no class subfolders (expected {split_dir}/<class>/<image>)")
+    _check_several_classes(len(classes), f"{split_dir} (class subfolders: {', '.join(classes)})")
     return classes
 
 
@@ -202,8 +229,21 @@ def _folder_split(root: str, split: str, key: str, classes: tuple[str, ...]) -> 
         class_dir = os.path.join(split_dir, name)
         if os.path.isdir(class_dir):
             files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not files:
+                _empty_class_folder(class_dir, key)
             paths.extend(os.path.join(class_dir, f) for f in files)
             labels.extend([label] * len(files))
     if not paths:
         config_files.fail(key, f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return ImageFolderSplit(tuple(paths), tuple(labels))
+
+
+def _empty_class_folder(class_dir: str, key: str) -> None:
+    """A class folder without images. In the training split it is refused: the model would get an output
+    for a class it never sees, and such a folder is nearly always a copy that failed or images in a format
+    not read. In the eval split it is only a warning: a held-out split may lack a class on purpose, but
+    its accuracy then says nothing about that class."""
+    found = f"{class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+    if key == "train_split":
+        config_files.fail(key, f"{found}; every class of the training split needs some (or remove the folder)")
+    logging.warning("config.%s: %s; its class is not evaluated", key, found)
