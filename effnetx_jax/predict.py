@@ -180,20 +180,43 @@ def imagenet_words() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------
 
 
+def define_flag(define, name: str, *args, **kwargs) -> bool:
+    """`define(name, *args, **kwargs)` (an absl `flags.DEFINE_*`) unless this process has flag `name`
+    already; whether it defined it. predict, export and convert share flag names (--workdir, --out), and
+    a process that runs several of their `main`s (the tests) must not define one twice."""
+    if name in flags.FLAGS:
+        return False
+    define(name, *args, **kwargs)
+    return True
+
+
 def define_weights_flags() -> None:
     """--workdir, --weights and --step: which weights predict and export run.
 
-    Defined by each tool only when it runs as the program: both tools define them, and a process
-    that imports both (the tests) must not define a flag twice.
+    Defined by each tool when it runs as the program (or by a test that runs its `main`), not on import:
+    a process that imports both tools must not define a flag twice.
     """
-    flags.DEFINE_string(
-        "workdir", None, "Weights directory: a converted checkpoint (effnetx_jax.convert) or a train.py workdir."
+    if define_flag(
+        flags.DEFINE_string,
+        "workdir",
+        None,
+        "Weights directory: a converted checkpoint (effnetx_jax.convert) or a train.py workdir.",
+    ):
+        flags.mark_flag_as_required("workdir")
+    define_flag(
+        flags.DEFINE_enum,
+        "weights",
+        "ema",
+        ["ema", "raw"],
+        "For a train.py workdir: the moving average (ema) or the trained weights.",
     )
-    flags.DEFINE_enum(
-        "weights", "ema", ["ema", "raw"], "For a train.py workdir: the moving average (ema) or the trained weights."
-    )
-    flags.DEFINE_integer("step", None, "For a train.py workdir: the checkpoint step; default: the latest.")
-    flags.mark_flag_as_required("workdir")
+    define_flag(flags.DEFINE_integer, "step", None, "For a train.py workdir: the checkpoint step; default: the latest.")
+
+
+def define_flags() -> None:
+    """The flags of `python -m effnetx_jax.predict`."""
+    define_weights_flags()
+    define_flag(flags.DEFINE_integer, "top_k", 5, "Classes to show per image, most probable first.")
 
 
 def format_prediction(prediction: Prediction) -> str:
@@ -212,6 +235,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_weights_flags()
-    flags.DEFINE_integer("top_k", 5, "Classes to show per image, most probable first.")
+    define_flags()
     cli.run(main, config_flags=())

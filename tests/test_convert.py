@@ -11,14 +11,19 @@ import sys
 import jax
 import numpy as np
 import pytest
+from command_line import error_line
 
 from configs import common
 from effnetx_jax import convert, weights
-from effnetx_jax.convert import tf_checkpoint
+from effnetx_jax.convert import __main__ as convert_command
+from effnetx_jax.convert import tf_checkpoint, timm_weights
 from effnetx_jax.convert.layout import model_layers
+from effnetx_jax.errors import UserError
 from effnetx_jax.models import create_model, model_config
 
 from conftest import EVERY_BLOCK, REPO, init_variables, tiny_config, tiny_run_config
+
+convert_command.define_flags()
 
 EMA = "/ExponentialMovingAverage"
 
@@ -337,12 +342,73 @@ def test_timm_import_refuses_efficientnet_x_blocks_and_other_shapes(data_dir, tm
 
 def test_unreadable_sources_are_named(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x01")
-    with pytest.raises(FileNotFoundError, match=r"junk\.safetensors"):
+    with pytest.raises(UserError, match=r"junk\.safetensors is not a valid safetensors file: it has 1 bytes"):
         convert.convert("timm", str(tmp_path / "junk.safetensors"), "efficientnet-b0")
+    with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
+        convert.convert("timm", str(tmp_path / "missing.safetensors"), "efficientnet-b0")
     with pytest.raises(FileNotFoundError, match="cannot read a TF checkpoint"):
         convert.convert("tf", str(tmp_path / "nothing"), "efficientnet-b0")
     with pytest.raises(ValueError, match="unknown source kind 'onnx'"):
         convert.convert("onnx", "x", "efficientnet-b0")
+
+
+def raw_safetensors(header: bytes, data: bytes = b"", header_length: int | None = None) -> bytes:
+    """A safetensors file's bytes from a raw header: its u64 length (`header_length`, default the true one),
+    the header, the data."""
+    return struct.pack("<Q", len(header) if header_length is None else header_length) + header + data
+
+
+def tensor_header(**entries) -> bytes:
+    return json.dumps(entries).encode()
+
+
+F32_4 = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+MALFORMED_SAFETENSORS = {
+    "random bytes": (
+        np.random.default_rng(0).bytes(64),
+        r"its header length says [\d,]+ bytes, but only 56 follow it",
+    ),
+    "header length 2**60": (
+        raw_safetensors(b"{}", header_length=2**60),
+        r"its header length says 1,152,921,504,606,846,976 bytes, but only 2 follow it",
+    ),
+    "header a JSON list": (raw_safetensors(b"[1, 2]"), r"its header is a JSON list, not an object of tensor entries"),
+    "header a JSON number": (raw_safetensors(b"42"), r"its header is a JSON int, not an object"),
+    "header not JSON": (raw_safetensors(b"\xff\xfe{"), r"its header is not JSON"),
+    "entry not an object": (raw_safetensors(tensor_header(w=3)), r"the entry of tensor 'w' is 3, not \{dtype"),
+    "shape not a list": (
+        raw_safetensors(tensor_header(w={**F32_4, "shape": "4"}), bytes(16)),
+        r"tensor 'w' has shape '4', not a list of non-negative integers",
+    ),
+    "offsets past the end": (
+        raw_safetensors(tensor_header(w=F32_4), bytes(8)),
+        r"tensor 'w' has data_offsets \[0, 16\], outside the 8 bytes of data after the header",
+    ),
+    "bytes that do not fit the shape": (
+        raw_safetensors(tensor_header(w={**F32_4, "shape": [3]}), bytes(16)),
+        r"tensor 'w' of shape \[3\] and dtype F32 has 16 bytes of data",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_SAFETENSORS)
+def test_a_malformed_safetensors_file_is_one_error_line_naming_the_file(case, tmp_path):
+    contents, reason = MALFORMED_SAFETENSORS[case]
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(contents)
+    out = tmp_path / "out"
+    message = error_line(
+        convert_command.main, ["convert", "timm", str(path)], model="efficientnet-b0", config=None, out=str(out)
+    )
+    assert re.match(rf"error: {re.escape(str(path))} is not a valid safetensors file: {reason}", message), message
+    assert not out.exists()
+
+
+def test_a_safetensors_file_of_empty_tensors_is_read(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(raw_safetensors(tensor_header(w={"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]})))
+    reader = timm_weights.SafetensorsReader(str(path))
+    assert reader.shapes == {"w": (0, 3)} and reader.read("w").shape == (0, 3)
 
 
 @pytest.mark.slow

@@ -8,17 +8,31 @@ python -m effnetx_jax.convert tf advprop/efficientnet-b3/model.ckpt --model=effi
 from absl import app, flags
 
 from effnetx_jax import cli
+from effnetx_jax.predict import define_flag
 
-_MODEL = flags.DEFINE_string("model", None, "Registered variant the weights belong to, e.g. efficientnet-b0.")
-_CONFIG = flags.DEFINE_string(
-    "config", None, "Instead of --model: a trainer config file (path.py or path.py:arg) of any architecture."
-)
-_OUT = flags.DEFINE_string("out", None, "Directory to write the converted checkpoint to (must not hold one).")
-_ADVPROP = flags.DEFINE_bool(
-    "advprop", False, "The weights are AdvProp's: images scaled to [-1, 1] instead of ImageNet mean/std."
-)
-flags.mark_flags_as_required(["out"])
-flags.mark_flags_as_mutual_exclusive(["model", "config"], required=True)
+
+def define_flags() -> None:
+    """The flags of `python -m effnetx_jax.convert` (also defined by a test that runs `main`)."""
+    if define_flag(
+        flags.DEFINE_string, "model", None, "Registered variant the weights belong to, e.g. efficientnet-b0."
+    ):
+        define_flag(
+            flags.DEFINE_string,
+            "config",
+            None,
+            "Instead of --model: a trainer config file (path.py or path.py:arg) of any architecture.",
+        )
+        flags.mark_flags_as_mutual_exclusive(["model", "config"], required=True)
+    if define_flag(
+        flags.DEFINE_string, "out", None, "Directory to write the converted checkpoint to (must not hold one)."
+    ):
+        flags.mark_flags_as_required(["out"])
+    define_flag(
+        flags.DEFINE_bool,
+        "advprop",
+        False,
+        "The weights are AdvProp's: images scaled to [-1, 1] instead of ImageNet mean/std.",
+    )
 
 
 def main(argv):
@@ -27,17 +41,19 @@ def main(argv):
     _, kind, source = argv
     from effnetx_jax import config_files, convert, weights
 
-    model = config_files.load_config(_CONFIG.value) if _CONFIG.value else _MODEL.value
-    config, variables, report = convert.convert(kind, source, model, advprop=_ADVPROP.value)
-    weights.save_converted(_OUT.value, config, variables, report)
+    values = flags.FLAGS
+    model = config_files.load_config(values.config) if values.config else values.model
+    config, variables, report = convert.convert(kind, source, model, advprop=values.advprop)
+    weights.save_converted(values.out, config, variables, report)
     print(
         f"{report['model']}: {report['tensors_loaded']} tensors from {source} "
         f"({report['ema_shadows_used']} of them EMA shadows), {len(report['dropped'])} dropped "
         f"(optimizer slots, counters, raw weights behind EMA shadows); {report['num_classes']} classes, "
-        f"normalization {report['normalization']}.\nWrote {_OUT.value}: config.json, variables/, conversion.json",
+        f"normalization {report['normalization']}.\nWrote {values.out}: config.json, variables/, conversion.json",
         flush=True,
     )
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

@@ -11,7 +11,11 @@ The file is read with numpy alone (the safetensors format: a JSON header, then r
 from __future__ import annotations
 
 import json
+import math
+import os
+import reprlib
 import struct
+from typing import NoReturn
 
 import ml_dtypes
 import numpy as np
@@ -33,6 +37,7 @@ _DTYPES = {
     "U8": np.uint8,
     "BOOL": np.bool_,
 }
+HEADER_LENGTH_BYTES = 8  # the u64 in front of the JSON header
 # BatchNorm's update counter: not part of the model.
 DROPPED_SUFFIXES = (".num_batches_tracked",)
 
@@ -106,22 +111,84 @@ def num_classes(shapes) -> int | None:
 
 
 class SafetensorsReader:
-    """Shapes and values of a .safetensors file, memory-mapped."""
+    """Shapes and values of a .safetensors file, memory-mapped.
+
+    The whole header is checked when the file is opened, so that a file that is not safetensors, or
+    whose header does not fit its bytes, is refused naming the file and the first thing wrong (a
+    `UserError`; an `OSError` where the file cannot be read at all) rather than failing on a read.
+    """
 
     def __init__(self, path: str):
-        try:
-            with open(path, "rb") as file:
-                (header_size,) = struct.unpack("<Q", file.read(8))
-                header = json.loads(file.read(header_size))
-        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise FileNotFoundError(f"cannot read {path!r} as a safetensors file: {error}") from None
-        header.pop("__metadata__", None)
-        self._data = np.memmap(path, np.uint8, mode="r", offset=8 + header_size)
+        self.path = path
+        with open(path, "rb") as file:
+            file_size = os.fstat(file.fileno()).st_size
+            header_size, header = self._header(file, file_size)
+        data_size = file_size - HEADER_LENGTH_BYTES - header_size
+        header.pop("__metadata__", None)  # free-form strings, not a tensor
+        for name, entry in header.items():
+            self._check_entry(name, entry, data_size)
+        # numpy cannot map zero bytes: a file of empty tensors only has nothing to map.
+        self._data = (
+            np.memmap(path, np.uint8, mode="r", offset=HEADER_LENGTH_BYTES + header_size)
+            if data_size
+            else np.zeros(0, np.uint8)
+        )
         self._entries = header
         self.shapes = {name: tuple(entry["shape"]) for name, entry in header.items()}
 
+    def _refuse(self, reason: str) -> NoReturn:
+        raise UserError(f"{self.path} is not a valid safetensors file: {reason}")
+
+    def _header(self, file, file_size: int) -> tuple[int, dict]:
+        """The header's length and the header: a little-endian u64, then that many bytes of a JSON object."""
+        length = file.read(HEADER_LENGTH_BYTES)
+        if len(length) < HEADER_LENGTH_BYTES:
+            self._refuse(f"it has {file_size} bytes, fewer than the {HEADER_LENGTH_BYTES} of the header length")
+        (header_size,) = struct.unpack("<Q", length)
+        if header_size > file_size - HEADER_LENGTH_BYTES:
+            # Checked before reading: a random length (up to 2**64) must not become a huge allocation.
+            self._refuse(
+                f"its header length says {header_size:,} bytes, but only {file_size - HEADER_LENGTH_BYTES:,} follow it"
+            )
+        try:
+            header = json.loads(file.read(header_size).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            self._refuse(f"its header is not JSON ({error})")
+        if not isinstance(header, dict):
+            self._refuse(f"its header is a JSON {type(header).__name__}, not an object of tensor entries")
+        return header_size, header
+
+    def _check_entry(self, name: str, entry, data_size: int) -> None:
+        """An entry is {"dtype": str, "shape": [int, ...], "data_offsets": [begin, end]} inside the data,
+        with as many bytes as its shape and dtype need."""
+        if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= entry.keys()):
+            self._refuse(f"the entry of tensor {name!r} is {reprlib.repr(entry)}, not {{dtype, shape, data_offsets}}")
+        shape, offsets, dtype = entry["shape"], entry["data_offsets"], entry["dtype"]
+        if not (isinstance(shape, list) and all(_is_count(side) for side in shape)):
+            self._refuse(f"tensor {name!r} has shape {reprlib.repr(shape)}, not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+            self._refuse(f"tensor {name!r} has data_offsets {reprlib.repr(offsets)}, not [begin, end]")
+        begin, end = offsets
+        if not begin <= end <= data_size:
+            self._refuse(
+                f"tensor {name!r} has data_offsets [{begin}, {end}], outside the {data_size:,} bytes of data "
+                "after the header"
+            )
+        if not isinstance(dtype, str):
+            self._refuse(f"tensor {name!r} has dtype {reprlib.repr(dtype)}, not a name such as 'F32'")
+        if dtype in _DTYPES and end - begin != math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize:
+            self._refuse(f"tensor {name!r} of shape {shape} and dtype {dtype} has {end - begin} bytes of data")
+
     def read(self, name: str) -> np.ndarray:
         entry = self._entries[name]
+        if entry["dtype"] not in _DTYPES:  # checked on read: a tensor nobody reads may be of any type
+            raise UserError(
+                f"{self.path}: tensor {name!r} has dtype {entry['dtype']!r}; this reader knows {', '.join(_DTYPES)}"
+            )
         begin, end = entry["data_offsets"]
         dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
         return self._data[begin:end].view(dtype).reshape(entry["shape"])
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
