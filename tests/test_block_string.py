@@ -70,3 +70,45 @@ def test_bad_strings_name_the_string_and_token(string, token, reason):
     assert repr(string) in message
     assert repr(token) in message
     assert reason in message
+
+
+@pytest.mark.parametrize(
+    ("string", "token", "limit"),
+    [
+        # Refused from the token alone: nothing is unrolled, so this returns at once instead of hanging.
+        ("r999999999_k3_s11_e1_i32_o16", "r999999999", "<= 256 (effnetx_jax.models.limits.MAX_REPEATS)"),
+        ("r1_k999_s11_e1_i32_o16", "k999", "<= 31 (effnetx_jax.models.limits.MAX_KERNEL)"),
+        ("r1_k3_s11_e33_i32_o16", "e33", "<= 32 (effnetx_jax.models.limits.MAX_EXPAND_RATIO)"),
+        ("r1_k3_s11_e1_i16385_o16", "i16385", "<= 16384 (effnetx_jax.models.limits.MAX_FILTERS)"),
+        ("r1_k3_s11_e1_i32_o16_b4097", "b4097", "<= 4096 (effnetx_jax.models.limits.MAX_RESOLUTION)"),
+        # Past the 4300 digits Python's int() refuses: compared by length, never converted.
+        ("r1_k3_s11_e1_i32_o" + "9" * 5000, "o" + "9" * 5000, "<= 16384"),
+        ("r1_k3_s11_e1_i32_o16_d" + "1" * 5000, "d" + "1" * 5000, "one of [0, 1, 2]"),
+    ],
+)
+def test_values_above_the_bounds_name_the_token_and_the_limit(string, token, limit):
+    with pytest.raises(BlockStringError) as error:
+        decode(string)
+    assert repr(token) in str(error.value)
+    assert limit in str(error.value)
+
+
+def test_values_at_the_bounds_are_accepted():
+    args = decode("r256_k31_s11_e32_i16384_o16384_b4096")
+    assert (args.num_repeat, args.kernel_size, args.expand_ratio, args.output_filters) == (256, 31, 32, 16384)
+    assert decode("r007_k3_s11_e1_i32_o16").num_repeat == 7  # leading zeros are not extra digits
+
+
+@pytest.mark.parametrize(
+    ("string", "token"),
+    [
+        ("r\u0661_k3_s11_e1_i32_o16", "r\u0661"),  # Arabic-Indic one: str.isdigit and int() accept it
+        ("r1_k\uff13_s11_e1_i32_o16", "k\uff13"),  # full-width three
+        ("r1_k3_s11_e1_i32_o\u00b2", "o\u00b2"),  # superscript two: isdigit() but not int()
+        ("r1_k3_s11_e1_i32_o16_se\u0660.25", "se\u0660.25"),  # float() accepts it too
+    ],
+)
+def test_non_ascii_digits_are_refused_with_the_token(string, token):
+    with pytest.raises(BlockStringError, match="non-ASCII character") as error:
+        decode(string)
+    assert repr(token) in str(error.value)

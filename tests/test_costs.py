@@ -6,7 +6,7 @@ import pytest
 
 from effnetx_jax.models import architecture, costs, create_model, model_config
 from effnetx_jax.models.costs import total_macs
-from effnetx_jax.summary import abstract_variables
+from effnetx_jax.summary import abstract_variables, parameter_count
 
 from conftest import EVERY_BLOCK, tiny_config
 
@@ -107,3 +107,22 @@ def test_intensity_grows_with_batch_and_halves_with_twice_the_element_size():
     assert at_128 > at_1  # weights are read once per batch
     assert costs.intensity(layers, 128, 4) == pytest.approx(at_128 / 2)
     assert sum(layer.macs for layer in layers) == total_macs(architecture(model_config("efficientnet-x-b0")))
+
+
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [
+        ("efficientnet-b0", 5_288_548),
+        ("efficientnet-x-b0", 7_584_104),
+        ("efficientnet-b7", 66_347_960),
+        ("efficientnet-x-b7", 73_156_704),
+    ],
+)
+def test_analytic_parameter_count_of_the_golden_variants(name, count):
+    # The counts test_registry reads off the built model (and the reference's, §1.5), here without one.
+    assert costs.parameter_count(architecture(model_config(name))) == count
+
+
+def test_analytic_parameter_count_equals_the_traced_model_for_every_block_type():
+    cfg = tiny_config(EVERY_BLOCK, activation="swish", width=0.5)
+    assert costs.parameter_count(architecture(cfg)) == parameter_count(cfg)

@@ -11,7 +11,8 @@ space-to-depth 1 and ReLU. Tokens are a key followed by its value, joined by `_`
   model's global activation)   noskip (no residual)
   b space-to-batch block size (0 off): an effnetx_jax extension, absent from the TF grammar.
 
-Strings are encoded back in the order the official strings use, so every official string
+Integer values are bounded (`effnetx_jax.models.limits`: repeats, kernel, expand ratio, filters) and
+every character is ASCII. Strings are encoded back in the order the official strings use, so every official string
 round-trips. CondConv (`cc`) is part of the TF grammar but not of this library and is rejected.
 """
 
@@ -21,11 +22,23 @@ import dataclasses
 import re
 
 from effnetx_jax.errors import UserError
+from effnetx_jax.models import limits
 
-_TOKEN = re.compile(r"^([a-z]+)(\d.*)?$")
+# ASCII only: `\d`, `str.isdigit` and `int`/`float` would otherwise accept other scripts' digits.
+_TOKEN = re.compile(r"^([a-z]+)(\d.*)?$", re.ASCII)
 _VALUED_KEYS = ("r", "k", "s", "e", "i", "o", "se", "c", "f", "d", "a", "b")
 _REQUIRED_KEYS = ("r", "k", "s", "e", "i", "o")
 ACTIVATIONS = ("relu", "swish")
+# The bound of each integer token without a fixed set of values; a space-to-batch block larger than
+# the image cannot divide any of its feature maps.
+_LIMITS = {
+    "r": "MAX_REPEATS",
+    "k": "MAX_KERNEL",
+    "e": "MAX_EXPAND_RATIO",
+    "i": "MAX_FILTERS",
+    "o": "MAX_FILTERS",
+    "b": "MAX_RESOLUTION",
+}
 
 
 class BlockStringError(UserError):
@@ -64,6 +77,10 @@ def _split_tokens(block_string: str) -> tuple[dict[str, str], bool]:
     values: dict[str, str] = {}
     noskip = False
     for token in block_string.split("_"):
+        if not token.isascii():
+            raise BlockStringError(
+                block_string, token, "non-ASCII character; block strings use ASCII letters and digits 0-9 only"
+            )
         match = _TOKEN.match(token)
         if token == "noskip":
             if noskip:
@@ -88,15 +105,25 @@ def _split_tokens(block_string: str) -> tuple[dict[str, str], bool]:
     return values, noskip
 
 
-def _int(block_string: str, key: str, value: str, allowed=None, minimum: int = 1) -> int:
+def _int(block_string: str, key: str, value: str, *, allowed=None, minimum: int = 1) -> int:
+    """The value of token `key`: one of `allowed`, or in [minimum, the key's bound in `limits`]."""
     token = key + value
     if not value.isdigit():
         raise BlockStringError(block_string, token, "value must be a non-negative integer")
-    number = int(value)
-    if allowed is not None and number not in allowed:
-        raise BlockStringError(block_string, token, f"value must be one of {sorted(allowed)}")
-    if allowed is None and number < minimum:
-        raise BlockStringError(block_string, token, f"value must be >= {minimum}")
+    highest = max(allowed) if allowed is not None else getattr(limits, _LIMITS[key])
+    significant = value.lstrip("0") or "0"
+    # More digits than the highest value is out of range: no `int` of a long digit string (slow, and
+    # refused by Python past 4300 digits).
+    number = int(significant) if len(significant) <= len(str(highest)) else highest + 1
+    if allowed is not None:
+        if number not in allowed:
+            raise BlockStringError(block_string, token, f"value must be one of {sorted(allowed)}")
+    elif not minimum <= number <= highest:
+        raise BlockStringError(
+            block_string,
+            token,
+            f"value must be >= {minimum} and <= {highest} (effnetx_jax.models.limits.{_LIMITS[key]})",
+        )
     return number
 
 

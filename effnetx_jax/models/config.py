@@ -3,18 +3,21 @@
 `model_config('efficientnet-x-b0')` gives a config filled from the registry; every field can be
 overridden (`cfg.width = 1.1`, `cfg.blocks = (...)`, `cfg.stage_activations = ('relu', ...)`), so
 LACS and search describe any model without code. `architecture(cfg)` checks the config and returns
-the hashable `Architecture` the Flax module is built from; every error names the key or token.
+the hashable `Architecture` the Flax module is built from; every error names the key or token. The
+checks include the bounds of `limits` (repeats, blocks, kernels, filters, resolution, parameters),
+all arithmetic on the description: nothing is traced.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import ml_collections
 
 from effnetx_jax import config_files
-from effnetx_jax.models import block_string, registry, shapes
-from effnetx_jax.models.scaling import Architecture, expand_stages, round_filters
+from effnetx_jax.models import block_string, costs, limits, registry, shapes
+from effnetx_jax.models.scaling import Architecture, BlockSpec, expand_stages, round_filters, round_repeats
 
 DTYPES = ("float32", "bfloat16")
 DEPTHWISE_IMPLS = ("auto", "xla", "shifted")
@@ -69,11 +72,19 @@ def _check_fields(cfg) -> None:
     if missing:
         _fail(missing[0], "missing key; start from effnetx_jax.models.model_config(name)")
     for key in ("width", "depth"):
-        if not cfg[key] > 0:
-            _fail(key, f"must be > 0, got {cfg[key]}")
+        if not 0 < cfg[key] < math.inf:
+            _fail(key, f"must be a finite number > 0, got {cfg[key]}")
     for key in ("resolution", "stem_filters", "head_filters", "depth_divisor", "num_classes"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             _fail(key, f"must be a positive integer, got {cfg[key]!r}")
+    for key, limit in (
+        ("resolution", "MAX_RESOLUTION"),
+        ("stem_filters", "MAX_FILTERS"),
+        ("head_filters", "MAX_FILTERS"),
+    ):
+        _check_at_most(key, cfg[key], limit)
+    if not isinstance(cfg.min_depth, int) or cfg.min_depth < 0:
+        _fail("min_depth", f"must be an integer >= 0 (0: depth_divisor), got {cfg.min_depth!r}")
     for key in ("dropout", "drop_path"):
         if not 0 <= cfg[key] < 1:
             _fail(key, f"must be in [0, 1), got {cfg[key]}")
@@ -81,6 +92,8 @@ def _check_fields(cfg) -> None:
         _fail("se_coefficient", f"must be >= 0, got {cfg.se_coefficient}")
     if not 0 <= cfg.bn_momentum < 1:
         _fail("bn_momentum", f"must be in [0, 1), got {cfg.bn_momentum}")
+    if not 0 < cfg.bn_epsilon < math.inf:
+        _fail("bn_epsilon", f"must be a finite number > 0, got {cfg.bn_epsilon}")
     if cfg.activation not in block_string.ACTIVATIONS:
         _fail("activation", f"must be one of {block_string.ACTIVATIONS}, got {cfg.activation!r}")
     if cfg.dtype not in DTYPES:
@@ -89,6 +102,20 @@ def _check_fields(cfg) -> None:
         _fail("depthwise_impl", f"must be one of {DEPTHWISE_IMPLS}, got {cfg.depthwise_impl!r}")
     if isinstance(cfg.blocks, str) or not cfg.blocks:
         _fail("blocks", "must be a non-empty list of block strings")
+    # Before decoding them: each string is at least one block.
+    _check_at_most("blocks", len(cfg.blocks), "MAX_BLOCKS", what="the number of block strings")
+
+
+def _check_at_most(key: str, value: int, limit_name: str, what: str = "the value") -> None:
+    """Fails `key` if `value` is above `limits.<limit_name>`."""
+    if value > getattr(limits, limit_name):
+        _fail(key, f"{what} is {value:,}, {_above(limit_name)}")
+
+
+def _above(limit_name: str, unit: str = "") -> str:
+    """'above the bound N <unit> (effnetx_jax.models.limits.NAME)': where to read why the bound is N."""
+    limit = getattr(limits, limit_name)
+    return f"above the bound {limit:,}{unit} (effnetx_jax.models.limits.{limit_name})"
 
 
 def _stage_overrides(cfg, key: str, allowed: tuple[str, ...]) -> list[str] | None:
@@ -123,6 +150,8 @@ def decode_stages(cfg) -> list[block_string.BlockArgs]:
 def architecture(cfg) -> Architecture:
     """Validates a model config and builds its `Architecture`."""
     _check_fields(cfg)
+    stages = decode_stages(cfg)
+    _check_depth(cfg, stages)
 
     def scale(filters: int) -> int:
         return round_filters(filters, cfg.width, cfg.depth_divisor, cfg.min_depth)
@@ -133,7 +162,7 @@ def architecture(cfg) -> Architecture:
         resolution=cfg.resolution,
         stem_filters=stem_filters,
         blocks=expand_stages(
-            decode_stages(cfg),
+            stages,
             width=cfg.width,
             depth=cfg.depth,
             stem_filters=stem_filters,
@@ -151,12 +180,55 @@ def architecture(cfg) -> Architecture:
         bn_momentum=cfg.bn_momentum,
         bn_epsilon=cfg.bn_epsilon,
     )
-    _check_space_to_batch(arch)
+    sizes = shapes.block_input_sizes(arch, arch.resolution)
+    _check_widths(cfg, arch, stages)
+    _check_space_to_batch(arch, sizes)
+    _check_kernels(cfg, arch, stages, sizes)
+    _check_parameter_count(arch)
     return arch
 
 
-def _check_space_to_batch(arch: Architecture) -> None:
-    for spec, size in zip(arch.blocks, shapes.block_input_sizes(arch, arch.resolution), strict=True):
+def _where(cfg, spec: BlockSpec) -> str:
+    return f"stage {spec.stage + 1} ({cfg.blocks[spec.stage]!r}, block {spec.index})"
+
+
+def _check_depth(cfg, stages: list[block_string.BlockArgs]) -> None:
+    """Bounds the blocks after depth scaling before `expand_stages` lists them one by one (a billion
+    repeats would hang there)."""
+    repeats = [round_repeats(args.num_repeat, cfg.depth) for args in stages]
+    for stage, (args, count) in enumerate(zip(stages, repeats, strict=True)):
+        if count > limits.MAX_REPEATS:
+            _fail(
+                "depth",
+                f"{cfg.depth:g} scales stage {stage + 1} ({cfg.blocks[stage]!r}, token 'r{args.num_repeat}') to "
+                f"{count:,} repeats, {_above('MAX_REPEATS', ' per stage')}",
+            )
+    _check_at_most("blocks", sum(repeats), "MAX_BLOCKS", what=f"the number of blocks at depth {cfg.depth:g}")
+
+
+def _check_widths(cfg, arch: Architecture, stages: list[block_string.BlockArgs]) -> None:
+    """Every layer's channels after width scaling (and x4 in a space-to-depth region)."""
+    for key, channels in (("stem_filters", arch.stem_filters), ("head_filters", arch.head_filters)):
+        if channels > limits.MAX_FILTERS:
+            _fail(key, f"{cfg[key]} is {channels:,} channels at width {cfg.width:g}, {_above('MAX_FILTERS')}")
+    for spec in arch.blocks:
+        args = stages[spec.stage]
+        # Output before input: a repeat's input is its stage's output width.
+        for token, channels in (
+            (f"o{args.output_filters}", spec.output_filters),
+            (f"i{args.input_filters}", spec.input_filters),
+            (f"e{args.expand_ratio}", spec.expanded_filters),
+        ):
+            if channels > limits.MAX_FILTERS:
+                _fail(
+                    "blocks",
+                    f"{_where(cfg, spec)}, token {token!r}: {channels:,} channels at width {cfg.width:g} (after width "
+                    f"scaling and space-to-depth), {_above('MAX_FILTERS', ' per layer')}",
+                )
+
+
+def _check_space_to_batch(arch: Architecture, sizes) -> None:
+    for spec, size in zip(arch.blocks, sizes, strict=True):
         if spec.space_to_batch and not shapes.space_to_batch_fits(spec, *size):
             _fail(
                 "blocks",
@@ -164,3 +236,44 @@ def _check_space_to_batch(arch: Architecture) -> None:
                 f"input and output feature maps divisible by {spec.space_to_batch}, got a "
                 f"{size[0]}x{size[1]} input at resolution {arch.resolution}",
             )
+
+
+def _check_kernels(cfg, arch: Architecture, stages: list[block_string.BlockArgs], sizes) -> None:
+    """A kernel wider than `limits.ANY_MAP_KERNEL` must fit the feature map its conv meets (after the
+    space-to-depth conv halved it): on a side of n, SAME padding gives a tap beyond 2n - 1 nothing but
+    padding at every output position, a weight that never trains and work that only adds zeros."""
+    for spec, size in zip(arch.blocks, sizes, strict=True):
+        side = min(shapes.body_size(spec, *size))
+        widest = max(limits.ANY_MAP_KERNEL, 2 * side - 1)
+        if spec.kernel_size > widest:
+            kernel, free = spec.kernel_size, limits.ANY_MAP_KERNEL
+            _fail(
+                "blocks",
+                f"{_where(cfg, spec)}, token 'k{stages[spec.stage].kernel_size}': its {kernel}x{kernel} kernel meets "
+                f"a {side}x{side} feature map at resolution {arch.resolution}; a kernel wider than {free} "
+                f"(effnetx_jax.models.limits.ANY_MAP_KERNEL) must be at most 2 x {side} - 1 = {widest}, past which "
+                "its taps only ever meet padding",
+            )
+
+
+def _check_parameter_count(arch: Architecture) -> None:
+    count = costs.parameter_count(arch)
+    if count > limits.MAX_PARAMETERS:
+        part, part_count = _largest_part(arch)
+        config_files.fail(
+            "model",
+            f"{count:,} trainable parameters, {_above('MAX_PARAMETERS')}; the largest part is {part} "
+            f"with {part_count:,}",
+        )
+
+
+def _largest_part(arch: Architecture) -> tuple[str, int]:
+    """The stem, a block or the head (with the classifier), whichever has the most parameters."""
+    parts = {
+        "the stem": costs.stem_layers(arch, arch.resolution),
+        **{f"block {cost.spec.index} (stage {cost.spec.stage + 1})": cost.layers for cost in costs.block_costs(arch)},
+        "the head and classifier": costs.head_layers(arch, arch.resolution),
+    }
+    counts = {name: sum(layer.parameters for layer in layers) for name, layers in parts.items()}
+    name = max(counts, key=counts.get)
+    return name, counts[name]

@@ -11,6 +11,10 @@ output activation once, at the compute dtype; SE reads the map it pools. BatchNo
 the SE gate and residual adds are taken as fused into those layers (no traffic of their own).
 Activations scale with the batch, weights are read once per batch. Operational intensity is
 FLOPs (2 x MACs) per byte moved: below the device's FLOPs/bandwidth ridge a layer is memory-bound.
+
+Parameters: the weights (and the SE and classifier biases) plus a scale and a bias per channel of the
+BatchNorm after every conv except SE's and the classifier, as the Flax model holds them, counted
+without building it (the config check's bound on model size).
 """
 
 from __future__ import annotations
@@ -23,12 +27,19 @@ from effnetx_jax.models.scaling import Architecture, BlockSpec
 
 @dataclasses.dataclass(frozen=True)
 class LayerCost:
-    """One layer at batch 1: MACs, activation elements read and written, weight elements read."""
+    """One layer at batch 1: MACs, activation elements read and written, weight elements read, and the
+    channels of the BatchNorm that follows it (0: none)."""
 
     name: str
     macs: int
     activations: int
     weights: int
+    batch_norm_channels: int = 0
+
+    @property
+    def parameters(self) -> int:
+        """Trainable parameters: the weights, and BatchNorm's scale and bias per channel."""
+        return self.weights + 2 * self.batch_norm_channels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +58,16 @@ def _pixels(size: tuple[int, int]) -> int:
     return size[0] * size[1]
 
 
-def _conv(name, size_in, size_out, kernel: int, channels_in: int, channels_out: int, groups: int = 1) -> LayerCost:
+def _conv(
+    name, size_in, size_out, kernel: int, channels_in: int, channels_out: int, groups: int = 1, batch_norm=True
+) -> LayerCost:
     per_group_in = channels_in // groups
     return LayerCost(
         name,
         macs=_pixels(size_out) * kernel * kernel * per_group_in * channels_out,
         activations=_pixels(size_in) * channels_in + _pixels(size_out) * channels_out,
         weights=kernel * kernel * per_group_in * channels_out,
+        batch_norm_channels=channels_out if batch_norm else 0,
     )
 
 
@@ -102,7 +116,7 @@ def stem_layers(arch: Architecture, resolution: int) -> tuple[LayerCost, ...]:
 def head_layers(arch: Architecture, resolution: int) -> tuple[LayerCost, ...]:
     final = shapes.final_size(arch, resolution)
     conv = _conv("head_conv", final, final, 1, arch.blocks[-1].output_filters, arch.head_filters)
-    classifier = _conv("classifier", (1, 1), (1, 1), 1, arch.head_filters, arch.num_classes)
+    classifier = _conv("classifier", (1, 1), (1, 1), 1, arch.head_filters, arch.num_classes, batch_norm=False)
     # The classifier has a bias; its pooled input is read from the head conv's output.
     return conv, dataclasses.replace(classifier, weights=classifier.weights + arch.num_classes)
 
@@ -123,6 +137,11 @@ def all_layers(arch: Architecture, resolution: int | None = None) -> list[LayerC
 
 def total_macs(arch: Architecture, resolution: int | None = None) -> int:
     return sum(layer.macs for layer in all_layers(arch, resolution))
+
+
+def parameter_count(arch: Architecture) -> int:
+    """Trainable parameters of `arch`, from its layer shapes alone (nothing is traced or allocated)."""
+    return sum(layer.parameters for layer in all_layers(arch))
 
 
 def bytes_moved(layers, batch: int, dtype_bytes: int) -> int:

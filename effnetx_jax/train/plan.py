@@ -93,8 +93,58 @@ def check_config(config, num_classes: int) -> None:
             f"bn_group_size={group!r} must be 0 (statistics over the global batch) or a divisor of the "
             f"{devices} devices",
         )
-    for key in ("label_smoothing", "weight_decay", "ema_decay"):
-        if not 0 <= config[key] < 1:
-            config_files.fail(key, f"must be in [0, 1), got {config[key]}")
+    _check_recipe(config)
     if config.keep_checkpoints < 1:
         config_files.fail("keep_checkpoints", f"must be >= 1, got {config.keep_checkpoints}")
+
+
+# The optimiser, schedule and regularisation values: (key, low, high, low allowed, high allowed).
+# learning_rate 0 is allowed on purpose: it freezes the weights (a fine-tuning test proves with it that
+# loaded weights arrive unchanged); a negative rate would climb the loss. No upper bound on it: the
+# non-finite-loss tests train at 1e30.
+_RECIPE_RANGES = (
+    ("learning_rate", 0.0, math.inf, True, False),
+    ("weight_decay", 0.0, 1.0, True, False),
+    ("label_smoothing", 0.0, 1.0, True, False),
+    ("ema_decay", 0.0, 1.0, True, False),
+    ("momentum", 0.0, 1.0, True, False),
+    ("rmsprop_decay", 0.0, 1.0, True, False),
+    ("rmsprop_epsilon", 0.0, math.inf, False, False),
+    ("warmup_epochs", 0.0, math.inf, True, False),
+    # A factor above 1 would grow the rate every lr_decay_epochs; 0 would stop training after the first.
+    ("lr_decay_factor", 0.0, 1.0, False, True),
+    ("lr_decay_epochs", 0.0, math.inf, False, False),
+)
+
+
+# Why a bound is what it is, where the message alone would not say.
+_WHY = {"learning_rate": " (0 keeps the weights frozen; a negative rate would climb the loss)"}
+
+
+def _interval(low: float, high: float, low_allowed: bool, high_allowed: bool) -> str:
+    if high == math.inf:
+        return f"a finite number {'>=' if low_allowed else '>'} {low:g}"
+    return f"in {'[' if low_allowed else '('}{low:g}, {high:g}{']' if high_allowed else ')'}"
+
+
+def _in_range(value, low: float, high: float, low_allowed: bool, high_allowed: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    above_low = value >= low if low_allowed else value > low
+    below_high = value <= high if high_allowed else value < high
+    return above_low and below_high  # NaN is neither
+
+
+def _check_recipe(config) -> None:
+    for key, *bounds in _RECIPE_RANGES:
+        if not _in_range(config[key], *bounds):
+            config_files.fail(key, f"must be {_interval(*bounds)}{_WHY.get(key, '')}, got {config[key]!r}")
+    # In epochs a warm-up as long as the run is a mistake (the rate never peaks). In steps it is allowed:
+    # short debugging runs of a real recipe (`--config.total_steps=1`) keep the recipe's warm-up.
+    in_epochs = not _positive(config.get("total_steps")) and _positive(config.total_epochs)
+    if in_epochs and config.warmup_epochs >= config.total_epochs:
+        config_files.fail(
+            "warmup_epochs",
+            f"must be below total_epochs={config.total_epochs:g} (the rate would never reach its peak), "
+            f"got {config.warmup_epochs:g}",
+        )
