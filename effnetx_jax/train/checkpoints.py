@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import glob
+import json
 import os
+import re
+import time
+from typing import Any
 
 import grain
 import jax
@@ -10,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from effnetx_jax.errors import UserError
+from effnetx_jax.train import multihost
 
 # Orbax saves a replicated array "replica-parallel": each of R replicas writes 1/R of it, which takes one
 # small compiled slice per array and device before the first save (hundreds on 8 devices, a minute on
@@ -29,6 +36,34 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
+# The items of a checkpoint, and the files of each that a readable checkpoint has (orbax 0.12, OCDBT).
+ITEMS = ("state", "data", "run")
+_JSON_FILES = ("_CHECKPOINT_METADATA", os.path.join("state", "_METADATA"), os.path.join("run", "metadata"))
+_REQUIRED_FILES = (*_JSON_FILES, os.path.join("state", "manifest.ocdbt"))
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    """What `Checkpoints.restore_newest` found: the step and state it restored, and the newer steps it
+    skipped as damaged, with what is wrong with each."""
+
+    step: int
+    state: Any
+    damaged: dict[int, str]
+
+
+# TensorStore's words for a file shorter than the index says it is.
+_CUT_SHORT = re.compile(
+    r'local file "([^"]+)": Requested byte range \[\d+, (\d+)\) is not valid for value of size (\d+)'
+)
+
+
+def _first_line(error: BaseException | str, limit: int = 200) -> str:
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Checkpoints:
     """`workdir/checkpoints/<step>/{state,data,run}`, written by the trainer and read by it and by evaluation.
 
@@ -42,7 +77,8 @@ class Checkpoints:
         if read_only:
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
         else:
-            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            # create=False: the folder appears with the first save, so a run refused before it leaves none.
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=False)
         # Handlers named up front, so a new process can read an existing checkpoint's metadata.
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -83,31 +119,101 @@ class Checkpoints:
             )
         return step
 
-    def restore(self, step: int, abstract_state, data_iterator):
-        """Restores the state (see `restore_state`) and, where it fits, the input position into `data_iterator`.
+    def restore_newest(self, abstract_state) -> Resumed | None:
+        """The newest checkpoint that can be read, restored into the shardings of `abstract_state`; None
+        if there is none. Damaged newer ones are skipped and reported in `Resumed.damaged`; a readable
+        checkpoint of another model is refused (`UserError`), and so is a workdir whose every
+        checkpoint is damaged."""
+        damaged = {}
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            problem = multihost.first_problem(self.damage(step))
+            if problem is None:
+                state, problem = self._try_restore_state(step, abstract_state)
+                problem = multihost.first_problem(problem)
+            if problem is None:
+                return Resumed(step, state, damaged)
+            damaged[step] = problem
+        if damaged:
+            listed = "; ".join(f"step {step}: {problem}" for step, problem in damaged.items())
+            raise UserError(
+                f"every checkpoint in {self.directory} is damaged ({listed}). To train from scratch, move "
+                "that folder away or give a new --workdir"
+            )
+        return None
 
-        Returns the state and whether `data_iterator` was restored too: the per-process iterator
-        states only fit a run with as many processes as the one that saved them.
-        """
-        state = self.restore_state(step, abstract_state)
+    def restore_data(self, step: int, data_iterator) -> bool:
+        """Restores the input position of `step` into `data_iterator`; False (nothing restored) when the
+        checkpoint was written by another number of processes, whose per-process states do not fit."""
         saved_processes = self.manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run[
             "process_count"
         ]
         if saved_processes != jax.process_count():
-            return state, False
+            return False
         self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
-        return state, True
+        return True
 
     def restore_state(self, step: int, abstract_state):
-        """The train state alone, in the shardings of `abstract_state`; refuses a checkpoint of another model."""
-        self._check_compatible(step, abstract_state)
+        """The train state alone, in the shardings of `abstract_state`; refuses a checkpoint of another
+        model and a damaged one (`UserError` naming the step and what is wrong)."""
+        problem = self.damage(step)
+        if problem is None:
+            state, problem = self._try_restore_state(step, abstract_state)
+        if problem is not None:
+            raise UserError(f"the checkpoint at step {step} in {self.directory} is damaged: {problem}")
+        return state
+
+    def damage(self, step: int) -> str | None:
+        """What is wrong with the files of the checkpoint at `step`, seen without reading its arrays
+        (a missing or empty file, metadata that is not JSON); None when nothing is."""
+        step_dir = os.path.join(self.directory, str(step))
+        for item in ITEMS:
+            if not os.path.isdir(os.path.join(step_dir, item)):
+                return f"its {item}/ folder is missing"
+        for name in _REQUIRED_FILES:
+            if not os.path.isfile(os.path.join(step_dir, name)):
+                return f"{name} is missing"
+        if not glob.glob(os.path.join(step_dir, "data", "*.json")):
+            return "data/ holds no input position"
+        for path in sorted(glob.glob(os.path.join(step_dir, "**"), recursive=True)):
+            name = os.path.relpath(path, step_dir)
+            if os.path.isfile(path) and os.path.getsize(path) == 0:
+                return f"{name} is empty"
+            if name in _JSON_FILES or (name.startswith("data") and name.endswith(".json")):
+                try:
+                    with open(path) as file:
+                        json.load(file)
+                except ValueError:
+                    return f"{name} is not valid JSON (cut short?)"
+        return None
+
+    def _try_restore_state(self, step: int, abstract_state):
+        """(state, None), or (None, what went wrong) when the arrays or their metadata cannot be read;
+        a readable checkpoint of another model raises `UserError`."""
+        # Orbax and TensorStore report a truncated or missing file with plain `Exception`s.
+        try:
+            saved = self.manager.item_metadata(step).state
+        except Exception as error:
+            return None, self._read_error(step, error)
+        self._check_compatible(step, saved, abstract_state)
         restore = ocp.args.PyTreeRestore(
             abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)
         )
-        return self.manager.restore(step, args=ocp.args.Composite(state=restore)).state
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(state=restore)).state, None
+        except Exception as error:
+            return None, self._read_error(step, error)
 
-    def _check_compatible(self, step: int, abstract_state) -> None:
-        saved = dict(_shapes(self.manager.item_metadata(step).state))
+    def _read_error(self, step: int, error: BaseException) -> str:
+        """What TensorStore's message about a failed read says, briefly and with paths inside the step."""
+        text = str(error).replace(os.path.join(self.directory, str(step)) + os.sep, "")
+        short = _CUT_SHORT.search(text)
+        if short:
+            name, needed, size = short.groups()
+            return f"its arrays cannot be read: {name} is cut short ({size} bytes, {needed} needed)"
+        return f"its arrays cannot be read ({_first_line(text)})"
+
+    def _check_compatible(self, step: int, saved_metadata, abstract_state) -> None:
+        saved = dict(_shapes(saved_metadata))
         expected = dict(_shapes(abstract_state))
         problems = [f"{key} is missing from the checkpoint" for key in expected if key not in saved]
         problems += [f"{key} is in the checkpoint but not in this model" for key in saved if key not in expected]
@@ -122,6 +228,23 @@ class Checkpoints:
                 f"the checkpoint at step {step} in {self.directory} was written for another config: {listed}. "
                 "Use the config it was trained with, or a new --workdir for another model."
             )
+
+    def set_aside(self, steps) -> list[str]:
+        """Moves the damaged `steps` out of the way of new saves, into `workdir/damaged_checkpoints/`
+        (kept, for whoever wants to look; deleting them is the user's call). Returns where they went."""
+        moved = []
+        for step in steps:
+            target = os.path.join(
+                os.path.dirname(self.directory), DAMAGED_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            )
+            if jax.process_index() == 0:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.rename(os.path.join(self.directory, str(step)), target)
+            moved.append(target)
+        multihost.barrier("checkpoints_set_aside")
+        if steps:
+            self.manager.reload()
+        return moved
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

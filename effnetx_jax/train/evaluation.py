@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable
 
 import jax
+from absl import logging
 
 from effnetx_jax import data
 from effnetx_jax import weights as weights_lib
@@ -46,15 +47,25 @@ def make_evaluator(components: Components, state_sharding) -> Callable[..., Eval
     return evaluate
 
 
+def _newest_readable(checkpoints: Checkpoints, abstract_state):
+    resumed = checkpoints.restore_newest(abstract_state)
+    for step, problem in resumed.damaged.items():
+        logging.warning(
+            "The checkpoint at step %d is damaged (%s); evaluating step %d instead.", step, problem, resumed.step
+        )
+    return resumed.step, resumed.state
+
+
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: str = "ema") -> dict:
     """Evaluates a checkpoint over the whole `config.eval_split`: one that `train_and_evaluate` wrote in
     `workdir`, or a converted checkpoint (`python -m effnetx_jax.convert`, see `effnetx_jax.weights`).
 
-    `step` selects the checkpoint (default: the latest) and `weights` the EMA (default) or the raw
-    weights; a converted checkpoint has one set of weights and no steps (`step` is returned as None).
-    Returns `step`, `top1`, `top5`, `loss`, `num_examples` (evaluated) and `skipped_images`
-    (undecodable, not counted). The checkpoints are opened
-    read-only and only the train state is read (not the input position). Bad arguments and a
+    `step` selects the checkpoint (default: the latest readable one, with a warning for each newer,
+    damaged one; a damaged `step` is refused) and `weights` the EMA (default) or the raw weights; a
+    converted checkpoint has one set of weights and no steps (`step` is returned as None). Returns
+    `step`, `top1`, `top5`, `loss`, `num_examples` (evaluated) and `skipped_images` (undecodable, not
+    counted). The checkpoints are opened read-only and only the train state is read (not the input
+    position). Bad arguments and a
     checkpoint of another model fail before anything is restored or compiled.
     """
     if weights not in WEIGHTS:
@@ -63,10 +74,13 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: 
         state, state_sharding, components = _converted_weights(config, workdir, step, weights)
     else:
         with contextlib.closing(Checkpoints(workdir, read_only=True)) as checkpoints:
-            step = checkpoints.resolve_step(step)
+            checkpoints.resolve_step(step)  # no checkpoints, or no such step: fails before building anything
             components = build_components(config)
             abstract_state = components.abstract_state()
-            state = checkpoints.restore_state(step, abstract_state)
+            if step is None:
+                step, state = _newest_readable(checkpoints, abstract_state)
+            else:
+                state = checkpoints.restore_state(step, abstract_state)
         state_sharding = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
     evaluate = make_evaluator(components, state_sharding)
     metrics = evaluate(state)

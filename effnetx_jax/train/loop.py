@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 
 import jax
@@ -11,7 +10,7 @@ from absl import logging
 from clu import parameter_overview, periodic_actions
 
 from effnetx_jax import data
-from effnetx_jax.train import init_from, multihost
+from effnetx_jax.train import init_from, multihost, workdir_lock
 from effnetx_jax.train.checkpoints import Checkpoints
 from effnetx_jax.train.components import build_components
 from effnetx_jax.train.evaluation import make_evaluator
@@ -53,29 +52,45 @@ def _due(step: int, every: int, last: int) -> bool:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final metrics."""
+    """Trains `config` in `workdir` (resuming from its newest readable checkpoint) and returns the final
+    metrics. One run per workdir at a time (`workdir_lock`); a run refused for its config, its
+    checkpoints or its `init_from` has written nothing."""
     components = build_components(config)
-    plan = components.plan
-    os.makedirs(workdir, exist_ok=True)
-    write_config(workdir, config)
+    with workdir_lock.hold(workdir):
+        return _train(components, workdir)
 
-    # Resume order: a checkpoint in the workdir, else the pretrained weights of config.init_from, else scratch.
-    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    start_step = checkpoints.latest_step() or 0
+
+def _resume_or_start(components, checkpoints: Checkpoints):
+    """The resumed checkpoint (`checkpoints.Resumed`) or None, and the `init_from` weights for a fresh
+    start: every check of the workdir and of `init_from`, before the run writes anything."""
+    config = components.config
+    resumed = checkpoints.restore_newest(components.abstract_state())
     pretrained = None
-    if not start_step and config.init_from:
+    if resumed is None and config.init_from:
         pretrained = init_from.read_pretrained(config, components.abstract_state())
+    return resumed, pretrained
 
+
+def _train(components, workdir: str) -> dict:
+    config, plan = components.config, components.plan
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+    resumed, pretrained = _resume_or_start(components, checkpoints)
+    write_config(workdir, config)  # the run's first write
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    state, state_sharding = create_train_state(
-        components.model, components.tx, init_rng, components.image_shape, components.mesh
-    )
-
     train_iter = _train_iterator(config)
-    if start_step:
-        logging.info("Resuming from the checkpoint at step %d in %s", start_step, checkpoints.directory)
-        state, data_restored = checkpoints.restore(start_step, state, train_iter)
-        if not data_restored:
+    if resumed is not None:
+        for step, moved_to in zip(resumed.damaged, checkpoints.set_aside(resumed.damaged), strict=True):
+            logging.warning(
+                "The checkpoint at step %d is damaged (%s): moved to %s; resuming from step %d, the newest readable.",
+                step,
+                resumed.damaged[step],
+                moved_to,
+                resumed.step,
+            )
+        logging.info("Resuming from the checkpoint at step %d in %s", resumed.step, checkpoints.directory)
+        state, start_step = resumed.state, resumed.step
+        state_sharding = jax.tree.map(lambda leaf: leaf.sharding, state)
+        if not checkpoints.restore_data(start_step, train_iter):
             logging.warning(
                 "The checkpoint was written by a run with another number of processes: the input position "
                 "is recomputed from the step (the global stream does not depend on the process count)."
@@ -83,6 +98,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
             train_iter.close()
             train_iter = _train_iterator(config, start_step)
     else:
+        start_step = 0
+        state, state_sharding = create_train_state(
+            components.model, components.tx, init_rng, components.image_shape, components.mesh
+        )
         if pretrained is not None:
             state = init_from.initialize(state, pretrained)
             logging.info(

@@ -51,6 +51,23 @@ def broadcast_from_process_0(payload):
     return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes())
 
 
+def first_problem(problem: str | None) -> str | None:
+    """`problem` if this process has one, else another process's (named by its index), else None: a
+    decision every process takes alike, when each found its own answer (e.g. reading its shards)."""
+    if jax.process_count() == 1:
+        return problem
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(problem is not None))).ravel()
+    if problem is None and failed.any():
+        return f"process {int(np.argmax(failed))} could not read it"
+    return problem
+
+
+def barrier(name: str) -> None:
+    """Waits until every process got here (after process 0 changed files the others read next)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 @contextlib.contextmanager
 def preemption_check() -> Iterator[Callable[[int], bool]]:
     """Yields `preempted(step)`: True at the step where the run should checkpoint and stop.
