@@ -37,8 +37,9 @@ STATE_FIELDS = {"ema": ("ema_params", "ema_batch_stats"), "raw": ("params", "bat
 
 
 def is_converted(directory: str) -> bool:
-    """Whether `directory` is a converted checkpoint (rather than a train.py workdir)."""
-    return os.path.isdir(os.path.join(directory, VARIABLES_DIR))
+    """Whether `directory` is a converted checkpoint (rather than a train.py workdir): it has `variables/`,
+    or the `conversion.json` that only a conversion writes (whose `variables/` is then missing)."""
+    return any(os.path.exists(os.path.join(directory, name)) for name in (VARIABLES_DIR, REPORT_FILE))
 
 
 def read_config(directory: str) -> ml_collections.ConfigDict:
@@ -85,9 +86,7 @@ def read_variables(directory: str, *, weights: str = "ema", step: int | None = N
                 f"{directory} is a converted checkpoint: it holds one set of weights, with no steps and no raw/EMA "
                 "choice; leave step and weights at their defaults"
             )
-        return _restore_numpy(
-            os.path.join(directory, VARIABLES_DIR), {"params": "params", "batch_stats": "batch_stats"}
-        )
+        return _restore_numpy(_variables_dir(directory), {"params": "params", "batch_stats": "batch_stats"})
     from effnetx_jax.train.checkpoints import Checkpoints
 
     checkpoints = Checkpoints(directory, read_only=True)
@@ -98,6 +97,22 @@ def read_variables(directory: str, *, weights: str = "ema", step: int | None = N
     params_field, stats_field = STATE_FIELDS[weights]
     return _restore_numpy(
         os.path.join(checkpoints.directory, str(step), "state"), {"params": params_field, "batch_stats": stats_field}
+    )
+
+
+def _variables_dir(directory: str) -> str:
+    """`directory/variables`, refused naming the folder when it is missing or empty (an interrupted
+    conversion, a partial copy), with the command that converts the weights again."""
+    path = os.path.join(directory, VARIABLES_DIR)
+    if not os.path.isdir(path):
+        problem = f"has no {VARIABLES_DIR}/"
+    elif not os.listdir(path):
+        problem = f"has an empty {VARIABLES_DIR}/"
+    else:
+        return path
+    raise UserError(
+        f"{directory} is an incomplete converted checkpoint: it {problem} (the weights; an interrupted conversion "
+        f"or a partial copy?). Convert the weights again into a new folder ({_reconvert_command(directory)})"
     )
 
 
@@ -141,7 +156,10 @@ def _restore_numpy(path: str, fields: dict[str, str]) -> dict:
     as numpy arrays; the other entries (an optimizer state) are not read."""
     path = os.path.abspath(path)  # orbax reads relative paths as no checkpoint at all
     checkpointer = ocp.PyTreeCheckpointer()
-    saved = checkpointer.metadata(path).item_metadata.tree
+    metadata = checkpointer.metadata(path).item_metadata
+    if metadata is None:  # orbax finds no checkpoint there (it only logs a warning)
+        raise UserError(f"{path} holds no readable orbax checkpoint: its files are missing or incomplete")
+    saved = metadata.tree
     item = {field: saved[field] for field in fields.values()}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     restored = checkpointer.restore(

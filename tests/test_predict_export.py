@@ -7,18 +7,25 @@ import os
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+from command_line import error_line, tool_flags
 from PIL import Image
 
 from configs.common import get_config
 from effnetx_jax import export, predict, weights
 from effnetx_jax.data import preprocessing
+from effnetx_jax.errors import UserError
 from effnetx_jax.models import create_model
 
-from conftest import PLUMBING_BLOCKS, run_to_end, tool_process
+from conftest import PLUMBING_BLOCKS, REPO, process_env, run_to_end, tool_process
+
+export.define_flags()
+predict.define_flags()
 
 PROCESS_TIMEOUT_S = 300
 
@@ -195,8 +202,16 @@ def test_predict_names_a_file_it_cannot_read_or_decode(checkpoint, images, tmp_p
         predict.predict(str(tmp_path / "no_weights"), images)
 
 
-def test_stablehlo_export_computes_the_logits_for_any_batch_size(checkpoint, random_pixels, reference, tmp_path):
-    model_path, signature_path = export.export_stablehlo(checkpoint, str(tmp_path))
+@pytest.fixture(scope="module")
+def stablehlo_export(checkpoint, tmp_path_factory) -> pathlib.Path:
+    """A folder holding a StableHLO export of `checkpoint` (read only: copy it to change it)."""
+    out = tmp_path_factory.mktemp("stablehlo") / "export"
+    export.export_stablehlo(checkpoint, str(out))
+    return out
+
+
+def test_stablehlo_export_computes_the_logits_for_any_batch_size(stablehlo_export, random_pixels, reference):
+    model_path, signature_path = (str(stablehlo_export / name) for name in (export.EXPORT_FILE, export.SIGNATURE_FILE))
     with open(model_path, "rb") as file:
         exported = jax.export.deserialize(bytearray(file.read()))
     assert exported.platforms == export.DEFAULT_PLATFORMS
@@ -210,6 +225,86 @@ def test_stablehlo_export_computes_the_logits_for_any_batch_size(checkpoint, ran
     assert signature["outputs"]["logits"]["shape"] == ["batch", 10]
     assert signature["preprocessing"]["mean"] == list(get_config().data.mean)
     assert signature["class_names"] == [f"class {index}" for index in range(10)]
+    assert signature["files"] == [export.EXPORT_FILE]
+
+
+def test_an_export_into_an_export_is_refused_before_the_weights_are_read(stablehlo_export, tmp_path):
+    # The weights folder does not exist: a check made after reading it would say so instead.
+    message = error_line(export.main, ["export"], workdir=str(tmp_path / "no_weights"), out=str(stablehlo_export))
+    assert message == (
+        f"error: {stablehlo_export} already holds an export (signature.json); pass --overwrite (overwrite=True) to "
+        "replace it, or choose another --out"
+    )
+
+
+@pytest.mark.parametrize(("export_format", "name"), [("stablehlo", "model.jax_export"), ("savedmodel", "variables")])
+def test_an_export_never_writes_over_files_it_did_not_write(checkpoint, tmp_path, export_format, name):
+    (tmp_path / name).write_text("the user's")
+    values = {"workdir": checkpoint, "out": str(tmp_path), "format": export_format, "overwrite": True}
+    message = error_line(export.main, ["export"], **values)
+    assert message == (
+        f"error: {tmp_path} holds {name}, which a {export_format} export would write over, but no export of "
+        "effnetx_jax lists it as its own; remove it yourself or choose another --out"
+    )
+    assert (tmp_path / name).read_text() == "the user's"
+
+
+def test_overwrite_replaces_the_files_of_the_earlier_export_only(checkpoint, stablehlo_export, tmp_path, capsys):
+    out = pathlib.Path(shutil.copytree(stablehlo_export, tmp_path / "export"))
+    (out / "README.txt").write_text("the user's")
+    signature = json.loads((out / export.SIGNATURE_FILE).read_text())
+    # An earlier export's file that the new one does not write again: it goes.
+    (out / "stale.bin").write_bytes(b"old")
+    (out / export.SIGNATURE_FILE).write_text(json.dumps({**signature, "files": [*signature["files"], "stale.bin"]}))
+    with tool_flags(workdir=checkpoint, out=str(out), overwrite=True):
+        export.main(["export"])
+    assert sorted(os.listdir(out)) == ["README.txt", export.EXPORT_FILE, export.SIGNATURE_FILE]
+    assert f"  {out / export.EXPORT_FILE}  " in capsys.readouterr().out
+    assert json.loads((out / export.SIGNATURE_FILE).read_text())["files"] == [export.EXPORT_FILE]
+
+
+def test_an_export_that_lists_files_outside_its_folder_is_refused(stablehlo_export, checkpoint, tmp_path):
+    out = pathlib.Path(shutil.copytree(stablehlo_export, tmp_path / "export"))
+    (tmp_path / "precious").write_text("not the export's")
+    signature = json.loads((out / export.SIGNATURE_FILE).read_text())
+    (out / export.SIGNATURE_FILE).write_text(json.dumps({**signature, "files": ["../precious"]}))
+    with pytest.raises(UserError, match=r"lists '../precious', which is not a path inside .*; nothing was removed"):
+        export.export_stablehlo(checkpoint, str(out), overwrite=True)
+    assert (tmp_path / "precious").exists()
+
+
+@pytest.fixture(params=["empty", "missing"])
+def incomplete_checkpoint(checkpoint, tmp_path, request) -> tuple[pathlib.Path, str]:
+    """A copy of `checkpoint` whose variables/ is empty or missing, and the words that say which."""
+    folder = pathlib.Path(shutil.copytree(checkpoint, tmp_path / "weights"))
+    shutil.rmtree(folder / weights.VARIABLES_DIR)
+    if request.param == "empty":
+        (folder / weights.VARIABLES_DIR).mkdir()
+        return folder, "has an empty variables/"
+    return folder, "has no variables/"
+
+
+def test_an_incomplete_converted_checkpoint_is_one_error_naming_the_folder(incomplete_checkpoint, images, tmp_path):
+    from effnetx_jax.train import evaluate_checkpoint
+
+    folder, problem = incomplete_checkpoint
+    expected = f"{folder} is an incomplete converted checkpoint: it {problem} (the weights; "
+    reads = {
+        "load": lambda: weights.load(str(folder)),
+        "predict": lambda: predict.predict(str(folder), images[:1]),
+        "eval": lambda: evaluate_checkpoint(weights.read_config(str(folder)), str(folder)),
+        "export": lambda: export.export_stablehlo(str(folder), str(tmp_path / "export")),
+    }
+    for name, read in reads.items():
+        with pytest.raises(UserError) as refused:
+            read()
+        assert str(refused.value).startswith(expected), name
+    for main, argv, values in [
+        (predict.main, ["predict", images[0]], {}),
+        (export.main, ["export"], {"out": str(tmp_path / "export")}),
+    ]:
+        assert error_line(main, argv, workdir=str(folder), **values).startswith(f"error: {expected}")
+    assert not (tmp_path / "export").exists()
 
 
 @pytest.mark.slow
@@ -227,3 +322,26 @@ def test_savedmodel_export_from_the_command_line_serves_the_logits(checkpoint, r
     np.testing.assert_allclose(logits, reference["logits"][:2], atol=1e-4, rtol=1e-4)
     with open(os.path.join(out, "signature.json")) as file:
         assert json.load(file)["signature"] == "serving_default"
+
+    # A StableHLO export over it removes every file and folder the SavedModel export wrote, and only those.
+    (tmp_path / "savedmodel" / "notes.txt").write_text("the user's")
+    export.export_stablehlo(checkpoint, out, overwrite=True)
+    assert sorted(os.listdir(out)) == [export.EXPORT_FILE, "notes.txt", export.SIGNATURE_FILE]
+
+
+@pytest.mark.slow
+def test_eval_py_on_an_incomplete_converted_checkpoint_is_one_error_line(checkpoint, tmp_path):
+    folder = pathlib.Path(shutil.copytree(checkpoint, tmp_path / "weights"))
+    shutil.rmtree(folder / weights.VARIABLES_DIR)
+    result = subprocess.run(
+        [sys.executable, "eval.py", f"--workdir={folder}"],
+        cwd=REPO,
+        env=process_env(),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: {folder} is an incomplete converted checkpoint: it has no variables/")
+    assert "Traceback" not in result.stderr

@@ -16,9 +16,6 @@ from ml_collections import config_flags
 
 from effnetx_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_OUT = flags.DEFINE_string("out", None, "PNG file to write.")
-_SAMPLES = flags.DEFINE_integer("samples", 7, "Training samples per image.")
 _GAP = 4  # white pixels between tiles
 
 
@@ -50,19 +47,30 @@ def preview_grid(config, images: list[bytes], samples: int) -> np.ndarray:
     return grid
 
 
+def define_flags() -> None:
+    """The flags of the command line. Defined when it runs, not on import: the tests import this module's
+    functions in a process that runs the `main`s of convert and export, whose --config and --out these
+    would clash with."""
+    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+    flags.DEFINE_string("out", None, "PNG file to write.")
+    flags.DEFINE_integer("samples", 7, "Training samples per image.")
+    flags.mark_flags_as_required(["config", "out"])
+
+
 def main(argv):
     from PIL import Image
 
+    values = flags.FLAGS
     paths = argv[1:] or sample_photos()
     images = []
     for path in paths:
         with open(path, "rb") as file:
             images.append(file.read())
-    grid = preview_grid(cli.config_value(_CONFIG), images, _SAMPLES.value)
-    Image.fromarray(grid).save(_OUT.value)
-    print(f"wrote {_OUT.value}: {len(images)} image(s) x (eval view + {_SAMPLES.value} training samples)")
+    grid = preview_grid(cli.config_value(flags.FlagHolder(values, values["config"])), images, values.samples)
+    Image.fromarray(grid).save(values.out)
+    print(f"wrote {values.out}: {len(images)} image(s) x (eval view + {values.samples} training samples)")
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "out"])
+    define_flags()
     cli.run(main)
