@@ -3,6 +3,7 @@
 import json
 import pathlib
 import signal
+import socket
 import subprocess
 import time
 
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from effnetx_jax.train import NonFiniteLossError, format_metrics, train_and_evaluate
+from effnetx_jax.train import NonFiniteLossError, format_metrics, train_and_evaluate, workdir_lock
 
 from conftest import (
     checkpoint_metadata,
@@ -116,13 +117,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(data_dir, tmp
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly_and_meanwhile_a_second_run_is_refused(data_dir, tmp_path):
     command = train_command(data_dir, tmp_path, "--config.total_steps=100000", "--config.checkpoint_every_steps=0")
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
         while not (tmp_path / "metrics.jsonl").exists() and process.poll() is None and time.time() < deadline:
             time.sleep(0.05)
+        config_json = (tmp_path / "config.json").read_bytes()
+        second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -130,6 +133,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
     assert process.returncode == 0, stderr[-3000:]
     steps = checkpoint_steps(tmp_path)
     assert len(steps) == 1 and 0 < steps[0] < 100000
+    # The second run stopped at start with one line naming the first, and wrote nothing.
+    assert second.returncode == 1
+    assert (
+        second.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: workdir {tmp_path} is in use: held by process {process.pid} on {socket.gethostname()}")
+    ), second.stderr[-3000:]
+    assert "Traceback" not in second.stderr
+    assert (tmp_path / "config.json").read_bytes() == config_json
+    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()  # released by the first on its way out
 
 
 # --- several devices: 1 in this process, 2 and 8 in the session's device workers --------------------------
