@@ -8,8 +8,9 @@ from absl import flags
 STORAGE = flags.DEFINE_string(
     "storage",
     None,
-    "Database URL shared by workers on several machines (postgresql://, mysql://); default: a journal file "
-    "in the workdir.",
+    "Database URL shared by workers on several machines (postgresql://user:password@host:5432/dbname, needs "
+    "pip install -e '.[postgres]'; mysql://); default: a journal file in the workdir. A database that goes "
+    "away is retried for up to --stale_after_s.",
 )
 _HEARTBEAT_S = flags.DEFINE_float("heartbeat_s", 10.0, "Seconds between a running trial's heartbeats.")
 _STALE_AFTER_S = flags.DEFINE_float(

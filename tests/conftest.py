@@ -236,8 +236,9 @@ def tool_process(module: str, *flags: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run_to_end(processes: list[subprocess.Popen], timeout_s: float) -> list[str]:
-    """Waits for every process (killing all on a timeout) and returns their stdouts; each must exit 0."""
+def run_to_end(processes: list[subprocess.Popen], timeout_s: float, with_stderr: bool = False) -> list:
+    """Waits for every process (killing all on a timeout) and returns their stdouts (with `with_stderr`,
+    (stdout, stderr) pairs); each must exit 0."""
     try:
         outputs = [process.communicate(timeout=timeout_s) for process in processes]
     finally:
@@ -245,7 +246,7 @@ def run_to_end(processes: list[subprocess.Popen], timeout_s: float) -> list[str]
             process.kill()
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr[-3000:]
-    return [stdout for stdout, _ in outputs]
+    return outputs if with_stderr else [stdout for stdout, _ in outputs]
 
 
 def kill_once_one_trial_finished_and_one_runs(worker: subprocess.Popen, workdir, name: str, timeout_s: float):
@@ -275,14 +276,21 @@ def kill_once_one_trial_finished_and_one_runs(worker: subprocess.Popen, workdir,
         worker.communicate()
 
 
-def study_trials(workdir, name: str):
-    """The trials of study `name` in the journal file of a LACS or search workdir."""
+def study_trials(workdir, name: str, storage: str | None = None):
+    """The trials of study `name` in the journal file of a LACS or search workdir, or at the `storage` URL
+    (none before a worker created the study)."""
     import optuna
 
     from effnetx_jax import studies
 
-    storage = studies.open_storage(None, str(workdir))
-    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    backend = studies.open_storage(storage, str(workdir))
+    try:
+        return optuna.load_study(study_name=name, storage=backend).get_trials(deepcopy=False)
+    except KeyError:  # optuna: "Record does not exist"
+        return []
+    finally:
+        if storage:  # close its connection now, not whenever garbage collection gets to it
+            backend.engine.dispose()
 
 
 def read_jsonl(workdir):

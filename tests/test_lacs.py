@@ -4,6 +4,7 @@
 import itertools
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import optuna
 import pytest
 
 from effnetx_jax import candidates, config_files, plotting, studies
+from effnetx_jax.errors import UserError
 from effnetx_jax.lacs import experiment, family, sweep
 from effnetx_jax.lacs.run import run_lacs
 from effnetx_jax.models import architecture, model_config
@@ -195,6 +197,34 @@ def test_a_study_made_by_another_experiment_config_is_refused(tmp_path):
     changed.constraint.tolerance = 0.2
     with pytest.raises(ValueError, match="created by a different experiment config"):
         sweep.open_lacs_study(changed, storage)
+
+
+def test_a_flops_constraint_no_grid_point_meets_is_refused_before_the_study_exists(tmp_path):
+    config = _experiment()
+    config.constraint.update(target=5.0, tolerance=0.5)  # the grid's largest ratio: 2 x 1.2^2 x 1.2^2 = 4.147
+    with pytest.raises(UserError) as raised:
+        run_lacs(config, str(tmp_path))
+    assert str(raised.value) == (
+        "config.constraint: no grid point meets alpha*beta^2*gamma^2 = 5 +- 0.5; the closest, alpha=2 beta=1.2 "
+        "gamma=1.2, has 4.147; change constraint.target or constraint.tolerance, or the grid"
+    )
+    assert list(tmp_path.iterdir()) == []  # no study, nothing measured
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_latency_constraint_skips_every_point_says_so_in_its_last_line(tmp_path):
+    # Only latencies are measured (the base model's and the one point's, the same model): nothing trains.
+    config = _experiment(tmp_path, alpha=(1.0,), beta=(1.0,), gamma=(1.0,))
+    config.constraint.update(kind="latency", target=50.0, tolerance=0.5)
+    lines = []
+    report = run_lacs(config, str(tmp_path), command="test", log=lines.append)
+    assert [row["status"] for row in report["points"]] == ["skipped"]
+    assert not (tmp_path / "trials").exists()
+    assert re.fullmatch(
+        r"no point completed \(no grid point meets latency / the base model's = 50 \+- 0.5; the closest, alpha=1 "
+        r"beta=1 gamma=1, has \d+\.\d{3}\), so no family configs were written",
+        lines[-1],
+    )
 
 
 def test_storage_url_must_be_a_database():

@@ -86,6 +86,21 @@ def check_experiment(config: ml_collections.ConfigDict) -> None:
             )
     if any(phi <= 0 for phi in family.phis):
         config_files.fail("family.phis", f"must be > 0, got {family.phis}")
+    _check_flops_constraint_is_met(config)
+
+
+def _check_flops_constraint_is_met(config: ml_collections.ConfigDict) -> None:
+    """A FLOPs constraint that no grid point meets is known from the grid alone: refused before the study is
+    created or a latency is measured. (A latency constraint needs every point measured to know it.)"""
+    if config.constraint.kind != "flops":
+        return
+    ratios = {point: flops_ratio(point) for point in grid_points(config)}
+    if all(_outside(ratio, config.constraint) for ratio in ratios.values()):
+        config_files.fail(
+            "constraint",
+            f"{nothing_meets(config.constraint, ratios)}; change constraint.target or constraint.tolerance, "
+            "or the grid",
+        )
 
 
 def grid_points(config: ml_collections.ConfigDict) -> list[Point]:
@@ -108,6 +123,18 @@ def flops_violation(point: Point, constraint) -> str | None:
         return None
     return (
         f"alpha*beta^2*gamma^2 = {flops_ratio(point):.3f} is outside {constraint.target:g} +- {constraint.tolerance:g}"
+    )
+
+
+CONSTRAINED_VALUES = {"flops": "alpha*beta^2*gamma^2", "latency": "latency / the base model's"}
+
+
+def nothing_meets(constraint, values: dict[Point, float]) -> str:
+    """Why no point meets `constraint`, given each point's constrained value: the closest point and its value."""
+    (alpha, beta, gamma), value = min(values.items(), key=lambda item: abs(item[1] - constraint.target))
+    return (
+        f"no grid point meets {CONSTRAINED_VALUES[constraint.kind]} = {constraint.target:g} +- "
+        f"{constraint.tolerance:g}; the closest, alpha={alpha:g} beta={beta:g} gamma={gamma:g}, has {value:.3f}"
     )
 
 

@@ -30,14 +30,17 @@ def run_lacs(
     """
     experiment.check_experiment(config)
     architecture(config.model)  # an invalid base model fails here, naming the key
+    timing = timing or studies.Timing()
     is_leader = jax.process_index() == 0
-    study = sweep.open_lacs_study(config, studies.open_storage(storage, workdir)) if is_leader else None
+    study = None
+    if is_leader:
+        study = sweep.open_lacs_study(config, studies.open_storage(storage, workdir, timing.stale_after_s))
     if create_only:
         if is_leader:
             base_ms = sweep.base_latency_ms(study, config)
             log(f"study {config.name!r} ready; base latency {base_ms:.2f} ms on {_device()}")
         return None
-    evaluated = sweep.run_worker(config, workdir, study, timing or studies.Timing(), log)
+    evaluated = sweep.run_worker(config, workdir, study, timing, log)
     if not is_leader:
         return None
     result = report.write_report(config, study, workdir, command, _device())
@@ -50,5 +53,15 @@ def run_lacs(
             + ", ".join(member["config"] for member in result["family"])
         )
     else:
-        log("no point completed, so no family configs were written; see lacs.md for each point's error")
+        log(f"no point completed ({_why_none_completed(config, result['points'])}), so no family configs were written")
     return result
+
+
+def _why_none_completed(config, rows: list[dict]) -> str:
+    """The constraint when it skipped every point (with the closest one), else how many failed and where to look."""
+    skipped = {(row["alpha"], row["beta"], row["gamma"]): row for row in rows if row["status"] == "skipped"}
+    if len(skipped) == len(rows):  # only a latency constraint gets here: a FLOPs one is refused up front
+        ratios = {point: row["latency_ratio"] for point, row in skipped.items() if "latency_ratio" in row}
+        return experiment.nothing_meets(config.constraint, ratios)
+    failed = len(rows) - len(skipped)
+    return f"{failed} point(s) failed, {len(skipped)} skipped by the constraint; see lacs.md for each point's error"

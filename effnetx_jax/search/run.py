@@ -46,9 +46,12 @@ def run_search(
     Returns the best candidate's row on process 0 (None elsewhere, or if none completed).
     """
     experiment.check_experiment(config)
+    timing = timing or studies.Timing()
     is_leader = jax.process_index() == 0
-    study = open_search_study(config, studies.open_storage(storage, workdir)) if is_leader else None
-    evaluated = worker.run_worker(config, workdir, study, timing or studies.Timing(), log)
+    study = None
+    if is_leader:
+        study = open_search_study(config, studies.open_storage(storage, workdir, timing.stale_after_s))
+    evaluated = worker.run_worker(config, workdir, study, timing, log)
     if not is_leader:
         return None
     best = report.write_report(config, study, workdir, command, _device())
