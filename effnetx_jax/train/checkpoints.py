@@ -58,6 +58,9 @@ _CUT_SHORT = re.compile(
     r'local file "([^"]+)": Requested byte range \[\d+, (\d+)\) is not valid for value of size (\d+)'
 )
 
+# ... and for an array it cannot decode (its file missing or overwritten).
+_ARRAY_UNREADABLE = re.compile(r'Error reading "([^"/]+)/[^"]*" in OCDBT database at local file "[^"]*": (.+)')
+
 
 def _first_line(error: BaseException | str, limit: int = 200) -> str:
     text = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
@@ -204,12 +207,17 @@ class Checkpoints:
             return None, self._read_error(step, error)
 
     def _read_error(self, step: int, error: BaseException) -> str:
-        """What TensorStore's message about a failed read says, briefly and with paths inside the step."""
+        """What TensorStore says about a failed read, briefly: its deepest cause names the file or array."""
+        while error.__cause__ is not None or error.__context__ is not None:
+            error = error.__cause__ or error.__context__
         text = str(error).replace(os.path.join(self.directory, str(step)) + os.sep, "")
         short = _CUT_SHORT.search(text)
         if short:
             name, needed, size = short.groups()
             return f"its arrays cannot be read: {name} is cut short ({size} bytes, {needed} needed)"
+        unreadable = _ARRAY_UNREADABLE.search(text)
+        if unreadable:
+            return f"its arrays cannot be read: {unreadable.group(1)}: {_first_line(unreadable.group(2))}"
         return f"its arrays cannot be read ({_first_line(text)})"
 
     def _check_compatible(self, step: int, saved_metadata, abstract_state) -> None:
