@@ -230,6 +230,8 @@ def heartbeat(trial: optuna.Trial, interval_s: float) -> Iterator[None]:
                 trial.set_user_attr(HEARTBEAT_KEY, time.time())
             except StorageUnreachable as error:  # the database is down: the next beat tries again
                 logging.warning("heartbeat of trial %d: %s", trial.number, error)
+            except optuna.exceptions.UpdateFinishedTrialError:  # taken over: `unless_taken_over` reports it
+                return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
     thread.start()
@@ -238,6 +240,21 @@ def heartbeat(trial: optuna.Trial, interval_s: float) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+@contextlib.contextmanager
+def unless_taken_over(trial: optuna.Trial, log) -> Iterator[None]:
+    """Runs the block that records `trial`'s result. If another worker failed the trial as dead meanwhile
+    (this worker's heartbeat was silent for longer than `stale_after_s`: a stalled machine, a long
+    database outage), the trial is theirs to retry: the result is dropped with a log line, not a crash."""
+    try:
+        yield
+    except optuna.exceptions.UpdateFinishedTrialError:
+        log(
+            f"trial {trial.number}: another worker took it over (no heartbeat from here for longer than its "
+            "--stale_after_s), so this result is dropped and the trial evaluated again; raise --stale_after_s if "
+            "this machine stalls"
+        )
 
 
 def _last_sign_of_life(trial: optuna.trial.FrozenTrial) -> float:

@@ -7,6 +7,8 @@ import pathlib
 import re
 import subprocess
 import sys
+import threading
+import time
 
 import ml_collections
 import optuna
@@ -225,6 +227,30 @@ def test_a_sweep_whose_latency_constraint_skips_every_point_says_so_in_its_last_
         r"beta=1 gamma=1, has \d+\.\d{3}\), so no family configs were written",
         lines[-1],
     )
+
+
+def test_a_trial_taken_over_by_another_worker_drops_this_workers_result_without_a_crash(tmp_path, monkeypatch):
+    thread_errors = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    config = _experiment()
+    study = sweep.open_lacs_study(config, studies.open_storage(None, str(tmp_path)))
+    other_worker = sweep.open_lacs_study(config, studies.open_storage(None, str(tmp_path)))
+    trial = study.ask(sweep._distributions(config))
+    lines = []
+    with studies.heartbeat(trial, interval_s=0.05):
+        time.sleep(0.2)  # as if this machine stalled: the other worker saw no heartbeat for too long
+        assert studies.fail_stale_trials(other_worker, stale_after_s=0.0) == [trial.number]
+        time.sleep(0.2)  # the heartbeat thread tries again, and stops
+        with studies.unless_taken_over(trial, lines.append):
+            sweep.record(study, trial, {"status": "complete", "accuracy": 0.9, "reward": 0.9})
+    assert lines == [
+        f"trial {trial.number}: another worker took it over (no heartbeat from here for longer than its "
+        "--stale_after_s), so this result is dropped and the trial evaluated again; raise --stale_after_s if this "
+        "machine stalls"
+    ]
+    (failed,) = study.get_trials(deepcopy=False)
+    assert failed.state == optuna.trial.TrialState.FAIL and "accuracy" not in failed.user_attrs
+    assert thread_errors == []
 
 
 def test_storage_url_must_be_a_database():

@@ -191,5 +191,6 @@ def run_worker(config, workdir: str, study: optuna.Study | None, timing: Timing,
             raise
         evaluated += 1
         if is_leader:
-            record(study, trial, outcome)
-            log(_progress(study, config, trial, outcome))
+            with studies.unless_taken_over(trial, log):
+                record(study, trial, outcome)
+                log(_progress(study, config, trial, outcome))

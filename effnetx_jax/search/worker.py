@@ -277,5 +277,6 @@ def run_worker(config, workdir: str, study: optuna.Study | None, timing: studies
             raise
         evaluated += 1
         if is_leader:
-            record(study, config, trial, outcome)
-            log(_progress(study, config, trial, outcome, started, evaluated))
+            with studies.unless_taken_over(trial, log):
+                record(study, config, trial, outcome)
+                log(_progress(study, config, trial, outcome, started, evaluated))
