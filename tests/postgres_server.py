@@ -9,6 +9,7 @@ unprivileged `postgres` user and every server command runs as that user.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pathlib
@@ -76,6 +77,7 @@ class PostgresServer:
             "--encoding=UTF8",
         )
         self._pg_ctl_start()
+        atexit.register(self.close)  # also when a session ends without its fixture's teardown
         return self
 
     def _pg_ctl_start(self) -> None:
