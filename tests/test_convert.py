@@ -11,7 +11,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from command_line import error_line
 
 from configs import common
 from effnetx_jax import convert, weights
@@ -21,6 +20,7 @@ from effnetx_jax.convert.layout import model_layers
 from effnetx_jax.errors import UserError
 from effnetx_jax.models import create_model, model_config
 
+from command_line import error_line
 from conftest import EVERY_BLOCK, REPO, init_variables, tiny_config, tiny_run_config
 
 convert_command.define_flags()

@@ -14,13 +14,13 @@ import pytest
 import test_lacs
 import test_search
 from optuna.trial import TrialState
-from postgres_server import PostgresServer
 
 from effnetx_jax import cli, studies
 from effnetx_jax.lacs.run import run_lacs
 from effnetx_jax.search import worker
 
 from conftest import free_port, run_to_end, study_trials
+from postgres_server import PostgresServer
 
 STUDY = "digits_cpu"  # the study name of both tiny experiments
 PROCESS_TIMEOUT_S = 400

@@ -13,7 +13,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from command_line import error_line, tool_flags
 from PIL import Image
 
 from configs.common import get_config
@@ -22,6 +21,7 @@ from effnetx_jax.data import preprocessing
 from effnetx_jax.errors import UserError
 from effnetx_jax.models import create_model
 
+from command_line import error_line, tool_flags
 from conftest import PLUMBING_BLOCKS, REPO, process_env, run_to_end, tool_process
 
 export.define_flags()
