@@ -256,7 +256,7 @@ def kill_once_one_trial_finished_and_one_runs(worker: subprocess.Popen, workdir,
     """
     from optuna.trial import TrialState
 
-    from effnetx_jax import studies
+    from effnetx_jax.studies import lifecycle
 
     try:
         deadline = time.monotonic() + timeout_s
@@ -264,7 +264,7 @@ def kill_once_one_trial_finished_and_one_runs(worker: subprocess.Popen, workdir,
             if (pathlib.Path(workdir) / "optuna.journal").exists():
                 trials = study_trials(workdir, name)
                 training = [
-                    t for t in trials if t.state == TrialState.RUNNING and studies.HEARTBEAT_KEY in t.user_attrs
+                    t for t in trials if t.state == TrialState.RUNNING and lifecycle.HEARTBEAT_KEY in t.user_attrs
                 ]
                 if training and any(t.state == TrialState.COMPLETE for t in trials):
                     break
@@ -281,9 +281,9 @@ def study_trials(workdir, name: str, storage: str | None = None):
     (none before a worker created the study)."""
     import optuna
 
-    from effnetx_jax import studies
+    from effnetx_jax.studies.storage import open_storage
 
-    backend = studies.open_storage(storage, str(workdir))
+    backend = open_storage(storage, str(workdir))
     try:
         return optuna.load_study(study_name=name, storage=backend).get_trials(deepcopy=False)
     except KeyError:  # optuna: "Record does not exist"

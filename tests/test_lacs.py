@@ -14,11 +14,13 @@ import ml_collections
 import optuna
 import pytest
 
-from effnetx_jax import candidates, config_files, plotting, studies
+from effnetx_jax import config_files, plotting
 from effnetx_jax.errors import UserError
 from effnetx_jax.lacs import experiment, family, sweep
 from effnetx_jax.lacs.run import run_lacs
 from effnetx_jax.models import architecture, model_config
+from effnetx_jax.studies import candidates, lifecycle, loop
+from effnetx_jax.studies.storage import open_storage
 
 from conftest import (
     free_port,
@@ -192,7 +194,7 @@ def test_pareto_front_keeps_the_points_nothing_beats():
 
 
 def test_a_study_made_by_another_experiment_config_is_refused(tmp_path):
-    storage = studies.open_storage(None, str(tmp_path))
+    storage = open_storage(None, str(tmp_path))
     sweep.open_lacs_study(_experiment(), storage)
     sweep.open_lacs_study(_experiment(), storage)  # the same config joins
     changed = _experiment()
@@ -233,16 +235,17 @@ def test_a_trial_taken_over_by_another_worker_drops_this_workers_result_without_
     thread_errors = []
     monkeypatch.setattr(threading, "excepthook", thread_errors.append)
     config = _experiment()
-    study = sweep.open_lacs_study(config, studies.open_storage(None, str(tmp_path)))
-    other_worker = sweep.open_lacs_study(config, studies.open_storage(None, str(tmp_path)))
+    study = sweep.open_lacs_study(config, open_storage(None, str(tmp_path)))
+    other_worker = sweep.open_lacs_study(config, open_storage(None, str(tmp_path)))
     trial = study.ask(sweep._distributions(config))
     lines = []
-    with studies.heartbeat(trial, interval_s=0.05):
+    with lifecycle.heartbeat(trial, interval_s=0.05):
         time.sleep(0.2)  # as if this machine stalled: the other worker saw no heartbeat for too long
-        assert studies.fail_stale_trials(other_worker, stale_after_s=0.0) == [trial.number]
+        assert lifecycle.fail_stale_trials(other_worker, stale_after_s=0.0) == [trial.number]
         time.sleep(0.2)  # the heartbeat thread tries again, and stops
-        with studies.unless_taken_over(trial, lines.append):
-            sweep.record(study, trial, {"status": "complete", "accuracy": 0.9, "reward": 0.9})
+        with lifecycle.unless_taken_over(trial, lines.append):
+            outcome = {"status": "complete", "accuracy": 0.9, "reward": 0.9}
+            loop.record(study, trial, outcome, sweep.Sweep(config, str(tmp_path), base_ms=1.0))
     assert lines == [
         f"trial {trial.number}: another worker took it over (no heartbeat from here for longer than its "
         "--stale_after_s), so this result is dropped and the trial evaluated again; raise --stale_after_s if this "
@@ -255,7 +258,7 @@ def test_a_trial_taken_over_by_another_worker_drops_this_workers_result_without_
 
 def test_storage_url_must_be_a_database():
     with pytest.raises(ValueError, match=r"--storage='redis://x': expected a database URL"):
-        studies.open_storage("redis://x", "/tmp")
+        open_storage("redis://x", "/tmp")
 
 
 # --- real sweeps -----------------------------------------------------------------------------------------
@@ -345,7 +348,7 @@ def _worker(workdir, data_dir, grid, *flags):
 def _points_by_state(trials):
     return {
         state: sorted(
-            sweep.point_of(t) for t in trials if t.state == state and studies.DUPLICATE_KEY not in t.user_attrs
+            sweep.point_of(t) for t in trials if t.state == state and lifecycle.DUPLICATE_KEY not in t.user_attrs
         )
         for state in optuna.trial.TrialState
     }

@@ -15,9 +15,11 @@ import test_lacs
 import test_search
 from optuna.trial import TrialState
 
-from effnetx_jax import cli, studies
+from effnetx_jax import cli
 from effnetx_jax.lacs.run import run_lacs
 from effnetx_jax.search import worker
+from effnetx_jax.studies import Timing, lifecycle
+from effnetx_jax.studies.storage import StorageUnreachable
 
 from conftest import free_port, run_to_end, study_trials
 from postgres_server import PostgresServer
@@ -93,7 +95,7 @@ def _trains(trial, process: subprocess.Popen) -> bool:
     owner = trial.user_attrs.get("worker", "")
     return (
         trial.state == TrialState.RUNNING
-        and studies.HEARTBEAT_KEY in trial.user_attrs
+        and lifecycle.HEARTBEAT_KEY in trial.user_attrs
         and owner.endswith(f":{process.pid}")
     )
 
@@ -115,7 +117,7 @@ def test_two_search_workers_share_a_database_and_one_retries_the_others_killed_c
     assert "this worker trained 2 candidate(s)" in stdout  # its own and the victim's
     trials = study_trials(tmp_path, STUDY, database)
     assert trials[killed.number].state == TrialState.FAIL  # interrupted: failed without an error
-    assert studies.ERROR_KEY not in trials[killed.number].user_attrs
+    assert lifecycle.ERROR_KEY not in trials[killed.number].user_attrs
     (retry,) = [t for t in trials if t.number > killed.number and t.params == killed.params]
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["worker"].endswith(f":{survivor.pid}")
     completed = _completed(trials)
@@ -127,8 +129,8 @@ def test_two_search_workers_share_a_database_and_one_retries_the_others_killed_c
 def test_a_database_out_of_reach_stops_the_worker_after_stale_after_s_with_the_reason(tmp_path):
     port = free_port()  # nothing listens there
     url = f"postgresql://postgres:secret@127.0.0.1:{port}/sweeps"
-    with pytest.raises(studies.StorageUnreachable) as raised:
-        run_lacs(test_lacs._experiment(), str(tmp_path), storage=url, timing=studies.Timing(stale_after_s=1))
+    with pytest.raises(StorageUnreachable) as raised:
+        run_lacs(test_lacs._experiment(), str(tmp_path), storage=url, timing=Timing(stale_after_s=1))
     # An OSError: the command line prints it as this one `error: ...` line.
     assert isinstance(raised.value, OSError)
     assert cli.one_line(raised.value) == (

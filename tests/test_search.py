@@ -14,11 +14,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from effnetx_jax import candidates, config_files, studies
+from effnetx_jax import config_files
 from effnetx_jax.models import architecture, model_config
 from effnetx_jax.search import evolution, experiment, worker
 from effnetx_jax.search.run import open_search_study, run_search
 from effnetx_jax.search.space import InvalidCandidate, SearchSpace, canonical_key, default_choices
+from effnetx_jax.studies import candidates, lifecycle
+from effnetx_jax.studies.storage import open_storage
 
 from conftest import (
     free_port,
@@ -168,7 +170,7 @@ def test_the_budget_counts_finished_and_running_candidates_but_not_invalid_or_in
     study.set_user_attr(worker.STARTED_KEY, time.time())
     study.tell(study.ask(), 0.5)  # trained (or cached)
     study.tell(study.ask(), state=TrialState.PRUNED)  # invalid
-    studies.record_failure(study, study.ask(), "NonFiniteLossError: ...")  # failed: done for good
+    lifecycle.record_failure(study, study.ask(), "NonFiniteLossError: ...")  # failed: done for good
     study.tell(study.ask(), state=TrialState.FAIL)  # interrupted: will be retried
     assert worker.budget_spent(study, config, study.get_trials()) is None
     study.ask()  # running
@@ -316,7 +318,7 @@ def test_identical_architectures_are_trained_once_and_nsga2_records_two_objectiv
     assert {row["accuracy"] for row in history} == {history[0]["accuracy"]}
     assert [row["cached_from"] for row in history] == ["", "0", "0"]
     assert len(list((tmp_path / "trials").iterdir())) == 1
-    trials = optuna.load_study(study_name="digits_cpu", storage=studies.open_storage(None, str(tmp_path))).get_trials(
+    trials = optuna.load_study(study_name="digits_cpu", storage=open_storage(None, str(tmp_path))).get_trials(
         deepcopy=False
     )
     assert [len(t.values) for t in trials] == [2, 2, 2]  # accuracy and latency
@@ -325,7 +327,7 @@ def test_identical_architectures_are_trained_once_and_nsga2_records_two_objectiv
 
 def test_an_invalid_candidate_is_rejected_with_its_reason_before_training(data_dir, tmp_path):
     config = _experiment(data_dir, max_trials=1)
-    study = open_search_study(config, studies.open_storage(None, str(tmp_path)))
+    study = open_search_study(config, open_storage(None, str(tmp_path)))
     valid = experiment.space_of(config).random(np.random.default_rng(0))
     study.enqueue_trial({**valid, "stage2_repeats": -1})  # e.g. queued by hand or by NSGA-II's crossover
     lines = []
@@ -405,7 +407,7 @@ def test_a_killed_workers_candidate_is_retried_with_the_same_decisions(data_dir,
     assert "this worker trained 1 candidate(s)" in stdout
     trials = _trials(tmp_path)
     assert trials[killed.number].state == TrialState.FAIL  # interrupted: failed without an error
-    assert studies.ERROR_KEY not in trials[killed.number].user_attrs
+    assert lifecycle.ERROR_KEY not in trials[killed.number].user_attrs
     (retry,) = [t for t in trials if t.number > killed.number and t.state == TrialState.COMPLETE]
     assert retry.params == killed.params
     assert [row["status"] for row in _history(tmp_path)] == ["complete", "interrupted", "complete"]

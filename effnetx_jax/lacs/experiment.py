@@ -24,7 +24,8 @@ import itertools
 
 import ml_collections
 
-from effnetx_jax import candidates, config_files
+from effnetx_jax import config_files
+from effnetx_jax.studies import candidates
 
 COEFFICIENTS = ("alpha", "beta", "gamma")
 CONSTRAINTS = ("flops", "latency")
@@ -34,21 +35,11 @@ Point = tuple[float, float, float]
 
 def check_experiment(config: ml_collections.ConfigDict) -> None:
     """Every problem of the experiment config, named by its key, before anything is measured or trained."""
-    config_files.require_keys(
+    candidates.require_keys(
         config,
         (
-            "name",
-            "seed",
-            "model",
             *(f"grid.{name}" for name in COEFFICIENTS),
-            "constraint.kind",
-            "constraint.target",
-            "constraint.tolerance",
-            "objective.metric",
-            "objective.exponent",
-            "objective.target_latency_ms",
-            *(f"latency.{key}" for key in ("batch", "dtype", "mode", "steps", "warmup")),
-            "proxy",
+            *(f"constraint.{key}" for key in ("kind", "target", "tolerance")),
             *(f"family.{key}" for key in ("names", "phis", "dropout", "se_coefficient", "name_prefix", "trainer")),
         ),
         "experiments/lacs/digits_cpu.py",
@@ -69,12 +60,7 @@ def check_experiment(config: ml_collections.ConfigDict) -> None:
         )
     if not config.constraint.tolerance >= 0:
         config_files.fail("constraint.tolerance", f"must be >= 0, got {config.constraint.tolerance}")
-    if config.objective.exponent > 0:
-        config_files.fail(
-            "objective.exponent", f"must be <= 0 (slower models earn less), got {config.objective.exponent}"
-        )
-    if config.objective.target_latency_ms < 0:
-        config_files.fail("objective.target_latency_ms", f"must be >= 0, got {config.objective.target_latency_ms}")
+    candidates.check_objective(config.objective)
     candidates.check_latency(config.latency)
     family = config.family
     if len(family.phis) != len(family.names):

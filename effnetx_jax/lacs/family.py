@@ -14,8 +14,9 @@ import os
 
 import ml_collections
 
-from effnetx_jax import candidates, config_files
+from effnetx_jax import config_files
 from effnetx_jax.lacs.experiment import Point
+from effnetx_jax.studies import candidates
 
 
 def scale_model(base: ml_collections.ConfigDict, point: Point, phi: float = 1.0) -> ml_collections.ConfigDict:

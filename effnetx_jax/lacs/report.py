@@ -8,9 +8,10 @@ import os
 import optuna
 from optuna.trial import TrialState
 
-from effnetx_jax import candidates, plotting, studies
+from effnetx_jax import plotting
 from effnetx_jax.lacs import experiment, family
 from effnetx_jax.lacs.sweep import BASE_LATENCY_KEY, point_of
+from effnetx_jax.studies import candidates, lifecycle
 
 _STATUS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "skipped", TrialState.FAIL: "failed"}
 
@@ -23,9 +24,9 @@ def collect_rows(study: optuna.Study, config, target_ms: float) -> list[dict]:
     """
     rows = {}
     for trial in study.get_trials(deepcopy=False):
-        if studies.is_done(trial):
+        if lifecycle.is_done(trial):
             row = {"trial": trial.number, "status": _STATUS[trial.state], **trial.user_attrs}
-            for key in (studies.HEARTBEAT_KEY, "worker"):
+            for key in (lifecycle.HEARTBEAT_KEY, "worker"):
                 row.pop(key, None)
             if row["status"] == "complete":
                 row["reward"] = candidates.reward(

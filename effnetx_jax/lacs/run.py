@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import jax
-
-from effnetx_jax import studies
 from effnetx_jax.lacs import experiment, report, sweep
 from effnetx_jax.models import architecture
-
-
-def _device() -> str:
-    device = jax.devices()[0]
-    return f"{device.platform}:{device.device_kind}"
+from effnetx_jax.studies import Timing, loop
 
 
 def run_lacs(
@@ -19,7 +12,7 @@ def run_lacs(
     workdir: str,
     *,
     storage: str | None = None,
-    timing: studies.Timing | None = None,
+    timing: Timing | None = None,
     create_only=False,
     command="",
     log=print,
@@ -30,20 +23,18 @@ def run_lacs(
     """
     experiment.check_experiment(config)
     architecture(config.model)  # an invalid base model fails here, naming the key
-    timing = timing or studies.Timing()
-    is_leader = jax.process_index() == 0
-    study = None
-    if is_leader:
-        study = sweep.open_lacs_study(config, studies.open_storage(storage, workdir, timing.stale_after_s))
+    timing = timing or Timing()
+    study = loop.open_on_leader(lambda backend: sweep.open_lacs_study(config, backend), storage, workdir, timing)
     if create_only:
-        if is_leader:
+        if study is not None:
             base_ms = sweep.base_latency_ms(study, config)
-            log(f"study {config.name!r} ready; base latency {base_ms:.2f} ms on {_device()}")
+            log(f"study {config.name!r} ready; base latency {base_ms:.2f} ms on {loop.device_name()}")
         return None
-    evaluated = sweep.run_worker(config, workdir, study, timing, log)
-    if not is_leader:
+    base_ms = loop.from_leader(study, lambda study: sweep.base_latency_ms(study, config))
+    evaluated = loop.run_worker(sweep.Sweep(config, workdir, base_ms), study, timing, log)
+    if study is None:
         return None
-    result = report.write_report(config, study, workdir, command, _device())
+    result = report.write_report(config, study, workdir, command, loop.device_name())
     chosen = result["chosen"]
     log(f"this worker evaluated {evaluated} point(s); wrote lacs.json, lacs.md and lacs.png in {workdir}")
     if chosen:

@@ -9,8 +9,9 @@ import os
 import optuna
 from optuna.trial import TrialState
 
-from effnetx_jax import candidates, config_files, plotting, studies
+from effnetx_jax import config_files, plotting
 from effnetx_jax.search import experiment, worker
+from effnetx_jax.studies import candidates, lifecycle
 
 TOP_ROWS = 10
 
@@ -21,7 +22,7 @@ def _status(trial: optuna.trial.FrozenTrial) -> str:
     if trial.state == TrialState.PRUNED:
         return "invalid"
     if trial.state == TrialState.FAIL:
-        return "failed" if studies.is_done(trial) else "interrupted"
+        return "failed" if lifecycle.is_done(trial) else "interrupted"
     return trial.state.name.lower()
 
 
@@ -34,7 +35,7 @@ def collect_rows(study: optuna.Study, config, target_ms: float) -> list[dict]:
     decisions = experiment.space_of(config).decisions()
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        if studies.DUPLICATE_KEY in trial.user_attrs:
+        if lifecycle.DUPLICATE_KEY in trial.user_attrs:
             continue
         attrs = trial.user_attrs
         row = {"trial": trial.number, "status": _status(trial), "reference": attrs.get(worker.REFERENCE_KEY, "")}
@@ -42,7 +43,7 @@ def collect_rows(study: optuna.Study, config, target_ms: float) -> list[dict]:
         if "accuracy" in row and "latency_ms" in row:
             row["reward"] = candidates.reward(row["accuracy"], row["latency_ms"], target_ms, config.objective.exponent)
         row["cached_from"] = attrs.get(worker.CACHED_KEY, "")
-        row["note"] = attrs.get(worker.REASON_KEY) or attrs.get(studies.ERROR_KEY) or ""
+        row["note"] = attrs.get(worker.REASON_KEY) or attrs.get(lifecycle.ERROR_KEY) or ""
         row["canonical"] = attrs.get(worker.CANONICAL_KEY, "")
         row["blocks"] = " ".join(attrs.get("blocks", ()))
         row.update({name: trial.params.get(name, "") for name in decisions})

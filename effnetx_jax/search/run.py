@@ -5,24 +5,18 @@ from __future__ import annotations
 import os
 import zlib
 
-import jax
 import ml_collections
 import optuna
 
-from effnetx_jax import studies
 from effnetx_jax.search import evolution, experiment, report, worker
-
-
-def _device() -> str:
-    device = jax.devices()[0]
-    return f"{device.platform}:{device.device_kind}"
+from effnetx_jax.studies import Timing, lifecycle, loop
 
 
 def make_sampler(config) -> optuna.samplers.BaseSampler:
     algorithm = config.algorithm
     if algorithm.kind == "nsga2":
         # Seeded per worker: with one seed, workers sharing a study would draw the same first generation.
-        seed = zlib.crc32(f"{config.seed}:{studies.worker_name()}".encode())
+        seed = zlib.crc32(f"{config.seed}:{lifecycle.worker_name()}".encode())
         return optuna.samplers.NSGAIISampler(population_size=algorithm.population, seed=seed)
     space = experiment.space_of(config)
     return evolution.AgingEvolutionSampler(space, algorithm.population, algorithm.sample_size, config.seed)
@@ -33,28 +27,26 @@ def open_search_study(config, storage) -> optuna.Study:
     fingerprinted = ml_collections.ConfigDict(config.to_dict())
     del fingerprinted["budget"]
     directions = ("maximize", "minimize") if config.algorithm.kind == "nsga2" else ("maximize",)
-    study = studies.open_study(config.name, storage, make_sampler(config), fingerprinted, directions)
+    study = lifecycle.open_study(config.name, storage, make_sampler(config), fingerprinted, directions)
     worker.prepare_study(study, config)
     return study
 
 
 def run_search(
-    config, workdir: str, *, storage: str | None = None, timing: studies.Timing | None = None, command="", log=print
+    config, workdir: str, *, storage: str | None = None, timing: Timing | None = None, command="", log=print
 ) -> dict | None:
     """Creates or joins the search, evaluates candidates until the budget is spent, then writes the report.
 
     Returns the best candidate's row on process 0 (None elsewhere, or if none completed).
     """
     experiment.check_experiment(config)
-    timing = timing or studies.Timing()
-    is_leader = jax.process_index() == 0
-    study = None
-    if is_leader:
-        study = open_search_study(config, studies.open_storage(storage, workdir, timing.stale_after_s))
-    evaluated = worker.run_worker(config, workdir, study, timing, log)
-    if not is_leader:
+    timing = timing or Timing()
+    study = loop.open_on_leader(lambda backend: open_search_study(config, backend), storage, workdir, timing)
+    target_ms = loop.from_leader(study, lambda study: worker.target_latency_ms(study, config))
+    evaluated = loop.run_worker(worker.Search(config, workdir, target_ms), study, timing, log)
+    if study is None:
         return None
-    best = report.write_report(config, study, workdir, command, _device())
+    best = report.write_report(config, study, workdir, command, loop.device_name())
     log(f"this worker trained {evaluated} candidate(s); wrote history.csv, report.md in {workdir}")
     if best:
         log(

@@ -1,31 +1,29 @@
-"""One search worker: ask the study for a candidate, evaluate it, record it; until the budget is spent.
+"""The search as a kind of study for the shared worker loop (`lifecycle.loop`): ask the sampler for a
+candidate, evaluate it; until the budget is spent.
 
-Any number of workers (processes, machines) run this loop against one Optuna study; the sampler
-(aging evolution or NSGA-II) reads the finished trials, so workers need no other coordination.
-Before anything is trained, a candidate is
+The sampler (aging evolution or NSGA-II) reads the finished trials, so workers need no other
+coordination. Before anything is trained, a candidate is
 - rejected with its reason if its decisions describe no model (pruned, `reason`);
 - answered from the cache if a trial with the same canonical architecture finished (`cached_from`);
 - pruned as a duplicate if that architecture is being trained by another worker right now.
 A dead worker's trial (stale heartbeat) is queued again with the same decisions; its proxy run
-resumes from the checkpoint in `trials/<canonical key>`. On a multi-host slice only process 0 talks
-to the study; it broadcasts each candidate and all processes measure and train it together.
+resumes from the checkpoint in `trials/<canonical key>`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
 import time
 
-import jax
+import ml_collections
 import optuna
-from absl import logging
 from optuna.trial import TrialState
 
-from effnetx_jax import candidates, studies, summary
+from effnetx_jax import summary
 from effnetx_jax.search import experiment
-from effnetx_jax.search.space import InvalidCandidate, canonical_key
-from effnetx_jax.train import multihost
+from effnetx_jax.search.space import InvalidCandidate, SearchSpace, canonical_key
+from effnetx_jax.studies import Timing, candidates, lifecycle, loop
 
 STARTED_KEY = "started_at"
 TARGET_KEY = "target_latency_ms"
@@ -72,31 +70,6 @@ def target_latency_ms(study: optuna.Study, config) -> float:
     return study.user_attrs[TARGET_KEY]
 
 
-def evaluate(config, model, key: str, target_ms: float, workdir: str) -> dict:
-    """Measures and proxy-trains one candidate; `status` 'complete' or 'failed' (with `error`)."""
-    row = {}
-    try:
-        row["gflops"] = float(f"{candidates.gflops(model):.4g}")
-        row["params"] = summary.parameter_count(model)
-        row.update(latency(model, config))
-        trial_dir = os.path.join(workdir, "trials", key)
-        row.update(candidates.proxy_train(config.proxy, model, trial_dir, config.objective.metric))
-    except candidates.Interrupted:
-        raise
-    except Exception as error:  # any failure of one candidate is recorded and the search goes on
-        logging.exception("candidate %s failed", key)
-        return {**row, "status": "failed", "error": studies.describe_error(error)}
-    row["reward"] = candidates.reward(row["accuracy"], row["latency_ms"], target_ms, config.objective.exponent)
-    return {**row, "status": "complete"}
-
-
-def objective_values(config, outcome: dict) -> list[float]:
-    """The study's values: the reward (aging evolution), or accuracy and latency (NSGA-II's two objectives)."""
-    if config.algorithm.kind == "nsga2":
-        return [outcome["accuracy"], outcome["latency_ms"]]
-    return [outcome["reward"]]
-
-
 def budget_spent(study: optuna.Study, config, trials) -> str | None:
     """Why no new candidate may start, or None. Running trials count, so a worker waits for them."""
     budget = config.budget
@@ -110,7 +83,7 @@ def budget_spent(study: optuna.Study, config, trials) -> str | None:
 
 def _finished(trial) -> bool:
     """Trained, cached or failed for good: done, and not merely rejected (invalid) or skipped."""
-    return studies.is_done(trial) and trial.state != TrialState.PRUNED
+    return lifecycle.is_done(trial) and trial.state != TrialState.PRUNED
 
 
 def _counts(trial) -> bool:
@@ -131,7 +104,7 @@ def _requeue_interrupted(study: optuna.Study, trials) -> None:
     """
     waiting_or_later = [t for t in trials if t.state == TrialState.WAITING or _counts(t)]
     for trial in trials:
-        if trial.state != TrialState.FAIL or studies.is_done(trial) or CANONICAL_KEY not in trial.user_attrs:
+        if trial.state != TrialState.FAIL or lifecycle.is_done(trial) or CANONICAL_KEY not in trial.user_attrs:
             continue
         if not any(other.number > trial.number and _decisions(other) == trial.params for other in waiting_or_later):
             study.enqueue_trial(trial.params, user_attrs=_reference_attr(trial))
@@ -142,7 +115,7 @@ def _reference_attr(trial) -> dict:
     return {REFERENCE_KEY: trial.user_attrs[REFERENCE_KEY]} if REFERENCE_KEY in trial.user_attrs else {}
 
 
-def _answer_without_training(study: optuna.Study, config, trial: optuna.Trial, key: str) -> str | None:
+def _answer_without_training(study: optuna.Study, trial: optuna.Trial, key: str) -> str | None:
     """Cache hit (copy the results) or duplicate of a running trial (prune); what happened, or None."""
     same = [
         t
@@ -159,124 +132,112 @@ def _answer_without_training(study: optuna.Study, config, trial: optuna.Trial, k
         if source.state == TrialState.COMPLETE:
             study.tell(trial, source.values)
             return f"same architecture as trial {source.number}: cached, reward {source.user_attrs['reward']:.4f}"
-        studies.record_failure(study, trial, source.user_attrs[studies.ERROR_KEY])
+        lifecycle.record_failure(study, trial, source.user_attrs[lifecycle.ERROR_KEY])
         return f"same architecture as trial {source.number}, which failed"
     running = [t.number for t in same if t.state == TrialState.RUNNING]
     if running:
-        trial.set_user_attr(studies.DUPLICATE_KEY, running[0])
+        trial.set_user_attr(lifecycle.DUPLICATE_KEY, running[0])
         study.tell(trial, state=TrialState.PRUNED)
         return f"same architecture as trial {running[0]}, running elsewhere: skipped"
     return None
 
 
-def claim(study: optuna.Study, config, timing: studies.Timing, log) -> tuple[optuna.Trial, dict] | None:
-    """A new trial whose candidate needs training, or None once the budget is spent.
+@dataclasses.dataclass
+class Search:
+    """The search as a kind of study (`loop.Kind`): each trial is a candidate the sampler proposes."""
 
-    Invalid candidates, cache hits and duplicates are recorded here, on the way.
-    """
-    space = experiment.space_of(config)
-    decisions = space.decisions()
-    invalid_in_a_row = 0
-    while True:
-        studies.fail_stale_trials(study, timing.stale_after_s)
-        trials = study.get_trials(deepcopy=False)
-        reason = budget_spent(study, config, trials)
-        if reason:
-            if not any(t.state == TrialState.RUNNING for t in trials) or "max_hours" in reason:
-                log(f"budget spent: {reason}")
-                return None
-            time.sleep(timing.poll_s)  # running trials may yet fail or go stale
-            continue
-        _requeue_interrupted(study, trials)
-        trial = study.ask()
-        candidate = {name: trial.suggest_categorical(name, choices) for name, choices in decisions.items()}
-        try:
-            model = space.to_model(candidate)
-        except InvalidCandidate as error:
-            trial.set_user_attr(REASON_KEY, str(error))
-            study.tell(trial, state=TrialState.PRUNED)
-            log(f"trial {trial.number}: invalid, {error}")
-            invalid_in_a_row += 1
-            if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
-                raise InvalidCandidate(
-                    f"the sampler proposed {invalid_in_a_row} invalid candidates in a row; the last: {error}"
-                ) from None
-            continue
+    config: ml_collections.ConfigDict
+    workdir: str
+    target_ms: float  # the reward's T (`target_latency_ms`)
+    space: SearchSpace = dataclasses.field(init=False)
+    started: float = dataclasses.field(init=False, default_factory=time.time)  # for the ETA at this worker's pace
+
+    def __post_init__(self):
+        self.space = experiment.space_of(self.config)
+
+    def claim(self, study: optuna.Study, timing: Timing, log) -> loop.Claim | None:
+        """A new trial whose candidate (its decisions) needs training, or None once the budget is spent.
+
+        Invalid candidates, cache hits and duplicates are recorded here, on the way.
+        """
+        decisions = self.space.decisions()
         invalid_in_a_row = 0
-        key = canonical_key(model)
-        trial.set_user_attr(CANONICAL_KEY, key)
-        trial.set_user_attr("blocks", list(model.blocks))
-        answer = _answer_without_training(study, config, trial, key)
-        if answer:
-            log(f"trial {trial.number}: {answer}")
-            continue
-        return trial, candidate
+        while True:
+            lifecycle.fail_stale_trials(study, timing.stale_after_s)
+            trials = study.get_trials(deepcopy=False)
+            reason = budget_spent(study, self.config, trials)
+            if reason:
+                if not any(t.state == TrialState.RUNNING for t in trials) or "max_hours" in reason:
+                    log(f"budget spent: {reason}")
+                    return None
+                time.sleep(timing.poll_s)  # running trials may yet fail or go stale
+                continue
+            _requeue_interrupted(study, trials)
+            trial = study.ask()
+            candidate = {name: trial.suggest_categorical(name, choices) for name, choices in decisions.items()}
+            try:
+                model = self.space.to_model(candidate)
+            except InvalidCandidate as error:
+                trial.set_user_attr(REASON_KEY, str(error))
+                study.tell(trial, state=TrialState.PRUNED)
+                log(f"trial {trial.number}: invalid, {error}")
+                invalid_in_a_row += 1
+                if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
+                    raise InvalidCandidate(
+                        f"the sampler proposed {invalid_in_a_row} invalid candidates in a row; the last: {error}"
+                    ) from None
+                continue
+            invalid_in_a_row = 0
+            key = canonical_key(model)
+            trial.set_user_attr(CANONICAL_KEY, key)
+            trial.set_user_attr("blocks", list(model.blocks))
+            answer = _answer_without_training(study, trial, key)
+            if answer:
+                log(f"trial {trial.number}: {answer}")
+                continue
+            return loop.Claim(trial, candidate)
 
+    def evaluate(self, candidate: dict, outcome: dict) -> None:
+        """Measures and proxy-trains one candidate, in `trials/<its canonical key>`."""
+        config, model = self.config, self.space.to_model(candidate)
+        outcome["gflops"] = float(f"{candidates.gflops(model):.4g}")
+        outcome["params"] = summary.parameter_count(model)
+        outcome.update(latency(model, config))
+        trial_dir = os.path.join(self.workdir, "trials", canonical_key(model))
+        outcome.update(candidates.proxy_train(config.proxy, model, trial_dir, config.objective.metric))
+        outcome["reward"] = candidates.reward(
+            outcome["accuracy"], outcome["latency_ms"], self.target_ms, config.objective.exponent
+        )
 
-def record(study: optuna.Study, config, trial: optuna.Trial, outcome: dict) -> None:
-    for name, value in outcome.items():
-        if name not in ("status", "error"):
-            trial.set_user_attr(name, value)
-    if outcome["status"] == "complete":
-        study.tell(trial, objective_values(config, outcome))
-    else:
-        studies.record_failure(study, trial, outcome["error"])
+    def objective_values(self, outcome: dict) -> list[float]:
+        """The reward (aging evolution), or accuracy and latency (NSGA-II's two objectives)."""
+        if self.config.algorithm.kind == "nsga2":
+            return [outcome["accuracy"], outcome["latency_ms"]]
+        return [outcome["reward"]]
 
+    def progress(self, study: optuna.Study, trial: optuna.Trial, outcome: dict, evaluated: int) -> str:
+        config = self.config
+        trials = study.get_trials(deepcopy=False)
+        used = sum(_counts(t) for t in trials)
+        head = f"[{used}/{config.budget.max_trials or '?'}] trial {trial.number}"
+        if REFERENCE_KEY in trial.user_attrs:
+            head += f" ({trial.user_attrs[REFERENCE_KEY]})"
+        if outcome["status"] == "failed":
+            return f"{head}: FAILED, {outcome['error']}"
+        rewarded = [t for t in trials if t.state == TrialState.COMPLETE and "reward" in t.user_attrs]
+        best = max(rewarded, key=lambda t: t.user_attrs["reward"])
+        return (
+            f"{head}: reward {outcome['reward']:.4f}, {config.objective.metric} {outcome['accuracy']:.4f}, "
+            f"latency {outcome['latency_ms']:.3g} ms, {outcome['gflops']:.3g} GFLOPs; best "
+            f"{best.user_attrs['reward']:.4f} (trial {best.number}); {outcome['proxy_train_s']:.0f} s"
+            f"{self._eta(study, used, evaluated)}"
+        )
 
-def _progress(study: optuna.Study, config, trial: optuna.Trial, outcome: dict, started: float, evaluated: int) -> str:
-    trials = study.get_trials(deepcopy=False)
-    used = sum(_counts(t) for t in trials)
-    total = config.budget.max_trials or "?"
-    head = f"[{used}/{total}] trial {trial.number}"
-    if REFERENCE_KEY in trial.user_attrs:
-        head += f" ({trial.user_attrs[REFERENCE_KEY]})"
-    if outcome["status"] == "failed":
-        return f"{head}: FAILED, {outcome['error']}"
-    rewarded = [t for t in trials if t.state == TrialState.COMPLETE and "reward" in t.user_attrs]
-    best = max(rewarded, key=lambda t: t.user_attrs["reward"])
-    return (
-        f"{head}: reward {outcome['reward']:.4f}, {config.objective.metric} {outcome['accuracy']:.4f}, "
-        f"latency {outcome['latency_ms']:.3g} ms, {outcome['gflops']:.3g} GFLOPs; best {best.user_attrs['reward']:.4f} "
-        f"(trial {best.number}); {outcome['proxy_train_s']:.0f} s{_eta(study, config, used, started, evaluated)}"
-    )
-
-
-def _eta(study: optuna.Study, config, used: int, started: float, evaluated: int) -> str:
-    """Time left at this worker's pace: the remaining trials, or the time budget if that ends first."""
-    left_s = []
-    if config.budget.max_trials:
-        left_s.append(max(0, config.budget.max_trials - used) * (time.time() - started) / evaluated)
-    if config.budget.max_hours:
-        left_s.append(max(0.0, study.user_attrs[STARTED_KEY] + config.budget.max_hours * 3600 - time.time()))
-    return f", ETA {min(left_s) / 60:.0f} min"
-
-
-def run_worker(config, workdir: str, study: optuna.Study | None, timing: studies.Timing, log=print) -> int:
-    """Evaluates candidates until the budget is spent; returns how many this worker trained.
-
-    `study` is None on processes other than 0 of a multi-host run: they follow process 0's broadcasts.
-    """
-    is_leader = jax.process_index() == 0
-    target_ms = multihost.broadcast_from_process_0(target_latency_ms(study, config) if is_leader else None)
-    space = experiment.space_of(config)
-    started, evaluated = time.time(), 0
-    while True:
-        claimed = claim(study, config, timing, log) if is_leader else None
-        candidate = multihost.broadcast_from_process_0(claimed[1] if claimed else None)
-        if candidate is None:
-            return evaluated
-        trial = claimed[0] if is_leader else None
-        model = space.to_model(candidate)
-        beating = studies.heartbeat(trial, timing.heartbeat_s) if is_leader else contextlib.nullcontext()
-        try:
-            with beating:
-                outcome = evaluate(config, model, canonical_key(model), target_ms, workdir)
-        except (candidates.Interrupted, KeyboardInterrupt):
-            if is_leader:  # failed without an error: interrupted, so it is queued again
-                study.tell(trial, state=TrialState.FAIL)
-            raise
-        evaluated += 1
-        if is_leader:
-            with studies.unless_taken_over(trial, log):
-                record(study, config, trial, outcome)
-                log(_progress(study, config, trial, outcome, started, evaluated))
+    def _eta(self, study: optuna.Study, used: int, evaluated: int) -> str:
+        """Time left at this worker's pace: the remaining trials, or the time budget if that ends first."""
+        budget, left_s = self.config.budget, []
+        if budget.max_trials:
+            left_s.append(max(0, budget.max_trials - used) * (time.time() - self.started) / evaluated)
+        if budget.max_hours:
+            left_s.append(max(0.0, study.user_attrs[STARTED_KEY] + budget.max_hours * 3600 - time.time()))
+        return f", ETA {min(left_s) / 60:.0f} min"

@@ -1,4 +1,4 @@
-"""What LACS and the search measure for every candidate model: latency here, proxy accuracy, and the reward.
+"""What every study measures of a candidate model: latency here, proxy accuracy, and the reward.
 
 Latency comes from the bench code (`bench.benchmark`), accuracy from the trainer (`train_and_evaluate`,
 nothing special-cased), and the reward is MnasNet's `ACC * (LAT / T) ** w`.
@@ -40,6 +40,23 @@ def with_model(trainer_config: ml_collections.ConfigDict, model: ml_collections.
 def gflops(model: ml_collections.ConfigDict) -> float:
     """GFLOPs per image (2 x multiply-accumulates); also validates the model config."""
     return 2 * costs.total_macs(architecture(model), model.resolution) / 1e9
+
+
+def require_keys(config: ml_collections.ConfigDict, keys, example: str) -> None:
+    """Names the first key missing from a study's experiment config (pointing at a complete `example`): the
+    study's `name`, `seed` and base `model`, then its own `keys`, then what every study has to measure its
+    candidates: the reward's `objective`, how `latency` is measured, and the `proxy` trainer config."""
+    objective = (f"objective.{key}" for key in ("metric", "exponent", "target_latency_ms"))
+    latency = (f"latency.{key}" for key in ("batch", "dtype", "mode", "steps", "warmup"))
+    config_files.require_keys(config, ("name", "seed", "model", *keys, *objective, *latency, "proxy"), example)
+
+
+def check_objective(objective: ml_collections.ConfigDict) -> None:
+    """Rejects a bad `config.objective` section (the reward's w and T), naming the key."""
+    if objective.exponent > 0:
+        config_files.fail("objective.exponent", f"must be <= 0 (slower models earn less), got {objective.exponent}")
+    if objective.target_latency_ms < 0:
+        config_files.fail("objective.target_latency_ms", f"must be >= 0, got {objective.target_latency_ms}")
 
 
 LATENCY_MODES = ("infer", "train")
