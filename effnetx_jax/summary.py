@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from effnetx_jax import cli, config_files
 from effnetx_jax.models import VARIANTS, architecture, create_model, model_config
 from effnetx_jax.models import costs as cost_model
-from effnetx_jax.models.efficientnet import Block
+from effnetx_jax.models.block_parts import Block
 
 
 def _count(tree) -> int:

@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effnetx_jax.convert.layout import model_layers
 from effnetx_jax.models import architecture, create_model
+from effnetx_jax.models.block_parts import SqueezeExciteLayer
+from effnetx_jax.models.blocks import BLOCK_TYPES
 
 from conftest import EVERY_BLOCK, init_variables, tiny_config
 
@@ -22,6 +25,34 @@ def test_every_block_type_is_present():
     assert ("conv", False, 0, False, False, "swish") in kinds
     assert ("mbconv", False, 0, True, False, "relu") in kinds  # noskip although shapes match
     assert ("mbconv", False, 0, True, True, "swish") in kinds
+    assert {s.block_type for s in arch.blocks} == set(BLOCK_TYPES), "EVERY_BLOCK must have every block type"
+
+
+def _described_variables(layer) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """The kernels a described layer's module owns: (path in the block, shape)."""
+    if isinstance(layer, SqueezeExciteLayer):
+        return [
+            (("se", "reduce"), (1, 1, layer.channels, layer.reduced_channels)),
+            (("se", "expand"), (1, 1, layer.reduced_channels, layer.channels)),
+        ]
+    per_group = layer.in_channels // layer.groups
+    return [
+        ((layer.conv_name,), (layer.kernel, layer.kernel, per_group, layer.out_channels)),
+        ((layer.bn_name,), (layer.out_channels,)),
+    ]
+
+
+def test_every_block_builds_the_layers_its_type_describes_in_that_order():
+    # What costs count and what the model holds (and the TF converter names by call order) are one list.
+    cfg = tiny_config(EVERY_BLOCK, activation="swish", width=0.5)
+    built: dict[str, list] = {}
+    for layer in model_layers(cfg):
+        if layer.path[0].startswith("blocks_"):
+            shape = layer.variables.get(("params", "kernel"), layer.variables.get(("params", "scale")))
+            built.setdefault(layer.path[0], []).append((layer.path[1:], shape))
+    for spec in architecture(cfg).blocks:
+        described = [v for layer in BLOCK_TYPES[spec.block_type].describe(spec) for v in _described_variables(layer)]
+        assert built[f"blocks_{spec.index}"] == described, spec
 
 
 @pytest.fixture(scope="module")

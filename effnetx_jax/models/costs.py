@@ -1,5 +1,8 @@
 """Analytic cost of an architecture: multiply-accumulates (MACs) and memory traffic, layer by layer.
 
+A block's layers are the ones its module builds, as its block type describes them
+(`block_parts.Block.describe`); nothing here depends on the block type.
+
 MACs (the reference's and the EfficientNet paper's rule): every conv, depthwise conv and dense layer
 contributes output pixels x kernel area x input channels (per group) x output channels. SE's two
 1x1 convs count (on a 1x1 map); BatchNorm, activations, pooling, the SE gate and residual adds do
@@ -22,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 
 from effnetx_jax.models import shapes
+from effnetx_jax.models.block_parts import SqueezeExciteLayer
+from effnetx_jax.models.blocks import BLOCK_TYPES
 from effnetx_jax.models.scaling import Architecture, BlockSpec
 
 
@@ -71,28 +76,26 @@ def _conv(
     )
 
 
+def _squeeze_excite(layer: SqueezeExciteLayer, size: tuple[int, int], sub_images: int) -> LayerCost:
+    """SE pools the map it gates (once per space-to-batch sub-image) through two 1x1 convs with biases."""
+    channels, reduced = layer.channels, layer.reduced_channels
+    weights = 2 * channels * reduced + channels + reduced
+    return LayerCost(layer.name, 2 * channels * reduced * sub_images, _pixels(size) * channels, weights)
+
+
 def block_layers(spec: BlockSpec, input_size: tuple[int, int]) -> tuple[LayerCost, ...]:
-    body = shapes.body_size(spec, *input_size)
-    out = shapes.output_size(spec, *input_size)
-    expanded = spec.expanded_filters
-    layers = []
-    if spec.space_to_depth_conv:
-        layers.append(_conv("space2depth", input_size, body, 2, spec.input_channels, spec.input_filters))
-    if spec.conv_type == 1:
-        if spec.expand_ratio != 1:
-            layers.append(_conv("expand", body, out, 3, spec.body_input_channels, expanded))
-    elif spec.fused:
-        layers.append(_conv("fused", body, out, spec.kernel_size, spec.body_input_channels, expanded))
-    else:
-        if spec.expand_ratio != 1:
-            layers.append(_conv("expand", body, body, 1, spec.body_input_channels, expanded))
-        layers.append(_conv("depthwise", body, out, spec.kernel_size, expanded, expanded, groups=expanded))
-    if spec.se_filters:
-        sub_images = max(1, spec.space_to_batch) ** 2
-        se_weights = 2 * expanded * spec.se_filters + expanded + spec.se_filters
-        pooled = _pixels(out) * expanded
-        layers.append(LayerCost("se", 2 * expanded * spec.se_filters * sub_images, pooled, se_weights))
-    layers.append(_conv("project", out, out, 1, expanded, spec.output_filters))
+    """The cost of every layer the block's module builds (`block_parts.Block.describe`), in call order."""
+    sub_images = max(1, spec.space_to_batch) ** 2
+    size, layers = input_size, []
+    for layer in BLOCK_TYPES[spec.block_type].describe(spec):
+        if isinstance(layer, SqueezeExciteLayer):
+            layers.append(_squeeze_excite(layer, size, sub_images))
+            continue
+        output = shapes.strided(size, layer.strides)
+        layers.append(
+            _conv(layer.name, size, output, layer.kernel, layer.in_channels, layer.out_channels, layer.groups)
+        )
+        size = output
     return tuple(layers)
 
 

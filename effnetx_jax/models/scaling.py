@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 from effnetx_jax.models.block_string import BlockArgs
+from effnetx_jax.models.blocks import BLOCK_TYPES
 
 
 def round_filters(filters: int, width: float, divisor: int = 8, min_depth: int = 0) -> int:
@@ -61,24 +62,17 @@ class BlockSpec:
 
     @property
     def expanded_filters(self) -> int:
-        """Width after the fused/expand conv (the reference uses the nominal input width)."""
-        if self.fused or self.expand_ratio != 1:
-            return self.input_filters * self.expand_ratio
-        return self.body_input_channels
+        """Width after the block type's own convs, where SE and the projection start."""
+        return BLOCK_TYPES[self.block_type].expanded_filters(self)
 
     @property
     def has_residual(self) -> bool:
-        """The reference adds the input when strides are 1 and the widths match (checked on the
-        real tensors for MBConv, on the nominal widths for conv type 1). A block starting with the
-        s2d conv halves the spatial size, so it never has one."""
-        if not self.id_skip or self.strides != (1, 1) or self.space_to_depth_conv:
-            return False
-        if self.conv_type == 1:
-            return self.input_filters == self.output_filters
-        return self.input_channels == self.output_filters
+        """Whether the block adds its input: its block type's rule (`block_parts.Block.has_residual`)."""
+        return BLOCK_TYPES[self.block_type].has_residual(self)
 
     @property
     def block_type(self) -> str:
+        """The key of the block's module in `blocks.BLOCK_TYPES`, from the grammar's `c` and `f` tokens."""
         if self.conv_type == 1:
             return "conv"
         return "fused" if self.fused else "mbconv"

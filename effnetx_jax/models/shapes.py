@@ -13,6 +13,11 @@ def _reduce(size: int, stride: int) -> int:
     return math.ceil(size / stride)
 
 
+def strided(size: tuple[int, int], strides: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) after a SAME conv with `strides`."""
+    return _reduce(size[0], strides[0]), _reduce(size[1], strides[1])
+
+
 def body_size(spec: BlockSpec, height: int, width: int) -> tuple[int, int]:
     """Size after the optional s2d conv, where the block's own convs start."""
     if spec.space_to_depth_conv:
@@ -21,8 +26,7 @@ def body_size(spec: BlockSpec, height: int, width: int) -> tuple[int, int]:
 
 
 def output_size(spec: BlockSpec, height: int, width: int) -> tuple[int, int]:
-    height, width = body_size(spec, height, width)
-    return _reduce(height, spec.strides[0]), _reduce(width, spec.strides[1])
+    return strided(body_size(spec, height, width), spec.strides)
 
 
 def stem_output_size(resolution: int) -> tuple[int, int]:
