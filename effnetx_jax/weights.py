@@ -14,6 +14,7 @@ carry a Python `config.py` instead; they are refused with the command that re-co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -76,7 +77,7 @@ def read_variables(directory: str, *, weights: str = "ema", step: int | None = N
 
     A converted checkpoint holds one set of weights (the source's EMA when it had one). In a train.py
     workdir `weights` picks the EMA ("ema") or the trained weights ("raw") of checkpoint `step`
-    (default: the latest).
+    (default: the newest readable one; a damaged `step` is refused).
     """
     if weights not in STATE_FIELDS:
         raise UserError(f"weights must be one of {', '.join(STATE_FIELDS)}, got {weights!r}")
@@ -89,15 +90,15 @@ def read_variables(directory: str, *, weights: str = "ema", step: int | None = N
         return _restore_numpy(_variables_dir(directory), {"params": "params", "batch_stats": "batch_stats"})
     from effnetx_jax.train.checkpoints import Checkpoints
 
-    checkpoints = Checkpoints(directory, read_only=True)
-    try:
-        step = checkpoints.resolve_step(step)
-    finally:
-        checkpoints.close()
     params_field, stats_field = STATE_FIELDS[weights]
-    return _restore_numpy(
-        os.path.join(checkpoints.directory, str(step), "state"), {"params": params_field, "batch_stats": stats_field}
-    )
+
+    def read(step: int) -> dict:
+        state = os.path.join(checkpoints.directory, str(step), "state")
+        return _restore_numpy(state, {"params": params_field, "batch_stats": stats_field})
+
+    with contextlib.closing(Checkpoints(directory, read_only=True)) as checkpoints:
+        checkpoints.resolve_step(step)  # no checkpoint at all, or no such step
+        return checkpoints.newest(read).value if step is None else checkpoints.read(step, read)
 
 
 def _variables_dir(directory: str) -> str:

@@ -12,8 +12,11 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
+from effnetx_jax import weights
 from effnetx_jax.errors import UserError
 from effnetx_jax.train import evaluate_checkpoint, train_and_evaluate, workdir_lock
 from effnetx_jax.train.checkpoints import DAMAGED_DIR, Checkpoints
@@ -161,8 +164,9 @@ def test_resuming_past_a_damaged_checkpoint_warns_once_sets_it_aside_and_continu
     assert metrics["step"] == 9
     warnings = [record.getMessage() for record in caplog.records if "is damaged" in record.getMessage()]
     assert len(warnings) == 1 and "\n" not in warnings[0]
-    assert "step 6 is damaged (state/_METADATA is missing)" in warnings[0]
-    assert "resuming from step 3" in warnings[0]
+    assert f"step 6 in {copy_of_trained_run / 'checkpoints'} is damaged (state/_METADATA is missing)" in warnings[0]
+    assert "using step 3, the newest readable one" in warnings[0]
+    assert any("Moved the damaged checkpoint at step 6 to" in record.getMessage() for record in caplog.records)
     # Kept, out of the way of the new step 6, which this run wrote again.
     (kept,) = (copy_of_trained_run / DAMAGED_DIR).iterdir()
     assert kept.name.startswith("6-") and (kept / "state" / "manifest.ocdbt").exists()
@@ -188,4 +192,14 @@ def test_evaluating_a_damaged_step_says_so_and_the_latest_falls_back(data_dir, c
     with caplog.at_level(logging.WARNING):
         result = evaluate_checkpoint(config, str(copy_of_trained_run))
     assert result["step"] == 3
-    assert any("step 6 is damaged" in record.getMessage() for record in caplog.records)
+    assert any("step 6 in" in record.getMessage() and "is damaged" in record.getMessage() for record in caplog.records)
+
+
+def test_loading_weights_from_a_workdir_skips_a_damaged_latest_checkpoint(copy_of_trained_run):
+    (copy_of_trained_run / "checkpoints" / "6" / "run").rename(copy_of_trained_run / "elsewhere")
+    newest_readable = weights.read_variables(str(copy_of_trained_run))
+    jax.tree.map(
+        np.testing.assert_array_equal, newest_readable, weights.read_variables(str(copy_of_trained_run), step=3)
+    )
+    with pytest.raises(UserError, match=r"the checkpoint at step 6 in .* is damaged: its run/ folder is missing"):
+        weights.read_variables(str(copy_of_trained_run), step=6)

@@ -8,12 +8,14 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from effnetx_jax.errors import UserError
 from effnetx_jax.train import multihost
@@ -45,11 +47,11 @@ DAMAGED_DIR = "damaged_checkpoints"
 
 @dataclasses.dataclass(frozen=True)
 class Resumed:
-    """What `Checkpoints.restore_newest` found: the step and state it restored, and the newer steps it
-    skipped as damaged, with what is wrong with each."""
+    """What `Checkpoints.newest` found: the step and what it read there, and the newer steps it skipped
+    as damaged, with what is wrong with each."""
 
     step: int
-    state: Any
+    value: Any
     damaged: dict[int, str]
 
 
@@ -122,19 +124,28 @@ class Checkpoints:
             )
         return step
 
-    def restore_newest(self, abstract_state) -> Resumed | None:
-        """The newest checkpoint that can be read, restored into the shardings of `abstract_state`; None
-        if there is none. Damaged newer ones are skipped and reported in `Resumed.damaged`; a readable
-        checkpoint of another model is refused (`UserError`), and so is a workdir whose every
-        checkpoint is damaged."""
+    def newest(self, read: Callable[[int], Any]) -> Resumed | None:
+        """`read(step)` of the newest checkpoint it succeeds on; None if there is no checkpoint.
+
+        A checkpoint whose files are damaged (`damage`) or that `read` cannot read is skipped with one
+        warning line and reported in `Resumed.damaged`; a `UserError` of `read` (a checkpoint of another
+        model) stops the search, and so does a workdir whose every checkpoint is damaged. Every process
+        of a run skips the same steps.
+        """
         damaged = {}
         for step in sorted(self.manager.all_steps(), reverse=True):
-            problem = multihost.first_problem(self.damage(step))
+            value, problem = self._read_if_intact(step, read)
+            problem = multihost.first_problem(problem)
             if problem is None:
-                state, problem = self._try_restore_state(step, abstract_state)
-                problem = multihost.first_problem(problem)
-            if problem is None:
-                return Resumed(step, state, damaged)
+                for bad_step, bad in damaged.items():
+                    logging.warning(
+                        "The checkpoint at step %d in %s is damaged (%s); using step %d, the newest readable one.",
+                        bad_step,
+                        self.directory,
+                        bad,
+                        step,
+                    )
+                return Resumed(step, value, damaged)
             damaged[step] = problem
         if damaged:
             listed = "; ".join(f"step {step}: {problem}" for step, problem in damaged.items())
@@ -143,6 +154,30 @@ class Checkpoints:
                 "that folder away or give a new --workdir"
             )
         return None
+
+    def read(self, step: int, read: Callable[[int], Any]):
+        """`read(step)`, refusing a damaged checkpoint with a `UserError` naming the step and what is wrong."""
+        value, problem = self._read_if_intact(step, read)
+        if problem is not None:
+            raise UserError(f"the checkpoint at step {step} in {self.directory} is damaged: {problem}")
+        return value
+
+    def _read_if_intact(self, step: int, read: Callable[[int], Any]):
+        """(`read(step)`, None), or (None, what is wrong with the checkpoint)."""
+        problem = self.damage(step)
+        if problem is not None:
+            return None, problem
+        try:
+            return read(step), None
+        except UserError:
+            raise
+        # Orbax and TensorStore report a truncated or missing file with plain `Exception`s.
+        except Exception as error:
+            return None, self._read_error(step, error)
+
+    def restore_newest(self, abstract_state) -> Resumed | None:
+        """`newest` for the train state, restored into the shardings of `abstract_state`."""
+        return self.newest(lambda step: self._restore_state(step, abstract_state))
 
     def restore_data(self, step: int, data_iterator) -> bool:
         """Restores the input position of `step` into `data_iterator`; False (nothing restored) when the
@@ -156,14 +191,9 @@ class Checkpoints:
         return True
 
     def restore_state(self, step: int, abstract_state):
-        """The train state alone, in the shardings of `abstract_state`; refuses a checkpoint of another
-        model and a damaged one (`UserError` naming the step and what is wrong)."""
-        problem = self.damage(step)
-        if problem is None:
-            state, problem = self._try_restore_state(step, abstract_state)
-        if problem is not None:
-            raise UserError(f"the checkpoint at step {step} in {self.directory} is damaged: {problem}")
-        return state
+        """The train state of `step` alone, in the shardings of `abstract_state`; refuses a checkpoint of
+        another model and a damaged one (`UserError` naming the step and what is wrong)."""
+        return self.read(step, lambda step: self._restore_state(step, abstract_state))
 
     def damage(self, step: int) -> str | None:
         """What is wrong with the files of the checkpoint at `step`, seen without reading its arrays
@@ -189,22 +219,12 @@ class Checkpoints:
                     return f"{name} is not valid JSON (cut short?)"
         return None
 
-    def _try_restore_state(self, step: int, abstract_state):
-        """(state, None), or (None, what went wrong) when the arrays or their metadata cannot be read;
-        a readable checkpoint of another model raises `UserError`."""
-        # Orbax and TensorStore report a truncated or missing file with plain `Exception`s.
-        try:
-            saved = self.manager.item_metadata(step).state
-        except Exception as error:
-            return None, self._read_error(step, error)
-        self._check_compatible(step, saved, abstract_state)
+    def _restore_state(self, step: int, abstract_state):
+        self._check_compatible(step, self.manager.item_metadata(step).state, abstract_state)
         restore = ocp.args.PyTreeRestore(
             abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)
         )
-        try:
-            return self.manager.restore(step, args=ocp.args.Composite(state=restore)).state, None
-        except Exception as error:
-            return None, self._read_error(step, error)
+        return self.manager.restore(step, args=ocp.args.Composite(state=restore)).state
 
     def _read_error(self, step: int, error: BaseException) -> str:
         """What TensorStore says about a failed read, briefly: its deepest cause names the file or array."""

@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import Callable
 
 import jax
-from absl import logging
 
 from effnetx_jax import data
 from effnetx_jax import weights as weights_lib
@@ -47,15 +46,6 @@ def make_evaluator(components: Components, state_sharding) -> Callable[..., Eval
     return evaluate
 
 
-def _newest_readable(checkpoints: Checkpoints, abstract_state):
-    resumed = checkpoints.restore_newest(abstract_state)
-    for step, problem in resumed.damaged.items():
-        logging.warning(
-            "The checkpoint at step %d is damaged (%s); evaluating step %d instead.", step, problem, resumed.step
-        )
-    return resumed.step, resumed.state
-
-
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: str = "ema") -> dict:
     """Evaluates a checkpoint over the whole `config.eval_split`: one that `train_and_evaluate` wrote in
     `workdir`, or a converted checkpoint (`python -m effnetx_jax.convert`, see `effnetx_jax.weights`).
@@ -78,7 +68,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: 
             components = build_components(config)
             abstract_state = components.abstract_state()
             if step is None:
-                step, state = _newest_readable(checkpoints, abstract_state)
+                resumed = checkpoints.restore_newest(abstract_state)
+                step, state = resumed.step, resumed.value
             else:
                 state = checkpoints.restore_state(step, abstract_state)
         state_sharding = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)

@@ -81,14 +81,10 @@ def _train(components, workdir: str) -> dict:
     if resumed is not None:
         for step, moved_to in zip(resumed.damaged, checkpoints.set_aside(resumed.damaged), strict=True):
             logging.warning(
-                "The checkpoint at step %d is damaged (%s): moved to %s; resuming from step %d, the newest readable.",
-                step,
-                resumed.damaged[step],
-                moved_to,
-                resumed.step,
+                "Moved the damaged checkpoint at step %d to %s, out of the way of new saves.", step, moved_to
             )
         logging.info("Resuming from the checkpoint at step %d in %s", resumed.step, checkpoints.directory)
-        state, start_step = resumed.state, resumed.step
+        state, start_step = resumed.value, resumed.step
         state_sharding = jax.tree.map(lambda leaf: leaf.sharding, state)
         if not checkpoints.restore_data(start_step, train_iter):
             logging.warning(
