@@ -12,7 +12,7 @@ import pytest
 
 from effnetx_jax import bench, summary
 from effnetx_jax.models import architecture, costs, create_model, model_config
-from effnetx_jax.models.efficientnet import GatedProjection
+from effnetx_jax.models.block_parts import GatedProjection
 
 from conftest import PLUMBING_BLOCKS
 

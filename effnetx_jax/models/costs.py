@@ -99,10 +99,6 @@ def block_layers(spec: BlockSpec, input_size: tuple[int, int]) -> tuple[LayerCos
     return tuple(layers)
 
 
-def block_macs(spec: BlockSpec, input_size: tuple[int, int]) -> int:
-    return sum(layer.macs for layer in block_layers(spec, input_size))
-
-
 def block_costs(arch: Architecture, resolution: int | None = None) -> list[BlockCost]:
     resolution = resolution or arch.resolution
     return [

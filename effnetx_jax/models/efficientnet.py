@@ -11,9 +11,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from effnetx_jax.models import layers
-
-# tests/test_tools.py imports GatedProjection from here, where it lived before block_parts.py.
-from effnetx_jax.models.block_parts import GatedProjection  # noqa: F401
 from effnetx_jax.models.blocks import BLOCK_TYPES
 from effnetx_jax.models.scaling import Architecture
 
