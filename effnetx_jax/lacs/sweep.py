@@ -26,7 +26,7 @@ BASE_LATENCY_KEY = "base_latency_ms"
 
 class _GridSampler(optuna.samplers.GridSampler):
     """Optuna's grid sampler, minus its `study.stop()` after the last point: that call works only inside
-    `study.optimize`, and here the worker loop decides when the grid is done (`claim_next_point`)."""
+    `study.optimize`, and here the worker loop decides when the grid is done (`Sweep.claim`)."""
 
     def after_trial(self, study, trial, state, values) -> None:
         pass
