@@ -35,7 +35,7 @@ def _weights_label(step) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Imported here: Grain's worker processes re-import this module and must not pay for JAX.
+    # Heavy imports inside main: the entry-point rule in effnetx_jax/cli.py.
     from effnetx_jax import weights
     from effnetx_jax.train import evaluate_checkpoint
 

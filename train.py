@@ -20,7 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Imported here: Grain's worker processes re-import this module and must not pay for JAX.
+    # Heavy imports inside main: the entry-point rule in effnetx_jax/cli.py.
     from effnetx_jax.train import format_metrics, train_and_evaluate
 
     cli_flags.initialize_distributed()

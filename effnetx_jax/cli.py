@@ -6,8 +6,13 @@ so a traceback would only bury it. Every other exception is a bug and keeps its 
 `--traceback` (or `EFFNETX_TRACEBACK=1`) shows the traceback of a user's mistake too.
 
 Config files (`--config=path.py[:arg]`) are checked before anything else: a missing file or a syntax
-error is reported before JAX is imported. Only the standard library and absl are imported here:
-Grain's worker processes re-import the entry points.
+error is reported before JAX is imported.
+
+The rule for every entry point (train.py, eval.py, `python -m effnetx_jax.<tool>`): import only absl,
+ml_collections and light modules at the top, and JAX, the trainer and everything heavy inside `main`,
+under `if __name__ == "__main__": cli.run(main)`. Grain starts its worker processes with the spawn
+method, which re-imports the entry point (and reads its absl flags) in every worker: a heavy import at
+the top would cost each worker seconds and memory. This module follows the rule itself.
 """
 
 from __future__ import annotations

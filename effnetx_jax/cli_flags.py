@@ -1,6 +1,6 @@
 """Command-line flags shared by the tools that train (train.py, LACS, search): how processes find each other.
 
-Only absl is imported here: Grain's worker processes re-import the entry point and must not pay for JAX.
+Only absl is imported here (the entry-point rule in effnetx_jax/cli.py).
 """
 
 from absl import flags

@@ -8,7 +8,7 @@ with one thread. Each measurement skips `--warmup_batches`, then times `--batche
 `benchmarks/tfdata_preprocess.py` times tf.data doing the reference's preprocessing on the same
 files, for comparison.
 
-Only absl is imported at the top: Grain's worker processes re-import this module.
+Only absl is imported at the top (the entry-point rule in effnetx_jax/cli.py).
 """
 
 from absl import app, flags
