@@ -73,7 +73,7 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.slow
-def test_the_command_lines_print_one_error_line(tmp_path):
+def test_the_command_lines_print_one_error_line(tmp_path, copy_of_trained_run):
     # A missing config file is reported before JAX is imported.
     probe = (
         "import runpy, sys\n"
@@ -95,6 +95,11 @@ def test_the_command_lines_print_one_error_line(tmp_path):
     (tmp_path / "a_file").write_text("")
     assert _one_error_line(_command("eval.py", f"--workdir={tmp_path / 'a_file'}")).startswith(
         f"error: {tmp_path / 'a_file'} holds no weights"
+    )
+    (copy_of_trained_run / "checkpoints" / "6" / "_CHECKPOINT_METADATA").unlink()
+    assert _one_error_line(_command("eval.py", f"--workdir={copy_of_trained_run}", "--step=6")) == (
+        f"error: the checkpoint at step 6 in {copy_of_trained_run / 'checkpoints'} is damaged: "
+        "_CHECKPOINT_METADATA is missing"
     )
     broken = tmp_path / "sweep.py"
     broken.write_text("def get_config(:\n")
