@@ -11,7 +11,8 @@ need no extra code; a kind of study adds only how it claims, evaluates and repor
 - `candidates`: what every candidate model gets: latency, proxy accuracy, reward.
 - `command_line`: the flags of a study tool's command line.
 
-This module imports nothing heavy: the entry points import `command_line`, and with it this package.
+This module imports nothing heavy: the entry points import `command_line`, and with it this package
+(the entry-point rule in effnetx_jax/cli.py).
 """
 
 import dataclasses

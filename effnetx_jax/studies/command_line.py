@@ -4,9 +4,8 @@ flags every one has, defined once by `define`, and read by `StudyCommand.start`.
 Run the same command in several processes (or on several machines with `--storage`) to share one study;
 rerun it to resume. Multi-host slices: the same command on every host, as train.py.
 
-An entry point imports only absl, `effnetx_jax.cli` and this module at its top, and its tool (JAX,
-Optuna, the trainer) inside `main`: Grain's worker processes re-import the entry point and must not pay
-for JAX. This module keeps to absl, ml_collections and `cli` for the same reason.
+Only absl, ml_collections and `cli` are imported here, since the entry points import this module at their
+top (the entry-point rule in effnetx_jax/cli.py); their tool is imported inside `main`.
 """
 
 from __future__ import annotations
