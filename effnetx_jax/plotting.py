@@ -15,7 +15,7 @@ def _pyplot():
 def latency_vs_flops(results: list[dict], path: str) -> None:
     """One line per family through its members: latency per batch against GFLOPs per image.
 
-    `results` are `bench.benchmark` dicts with `family` and `gflops`; the device, mode, batch and
+    `results` are `models.speed.benchmark` dicts with `family` and `gflops`; the device, mode, batch and
     dtype of the first one title the plot.
     """
     plt = _pyplot()

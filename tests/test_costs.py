@@ -6,7 +6,7 @@ import pytest
 
 from effnetx_jax.models import architecture, costs, create_model, model_config
 from effnetx_jax.models.costs import total_macs
-from effnetx_jax.summary import abstract_variables, parameter_count
+from effnetx_jax.models.summary import abstract_variables, parameter_count
 
 from conftest import EVERY_BLOCK, tiny_config
 

@@ -5,7 +5,7 @@ import pytest
 
 from effnetx_jax.models import VARIANTS, architecture, create_model, model_config
 from effnetx_jax.models.costs import total_macs
-from effnetx_jax.summary import abstract_variables, block_output_shapes
+from effnetx_jax.models.summary import abstract_variables, block_output_shapes
 
 
 def param_count(name):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from effnetx_jax import bench, summary
-from effnetx_jax.models import architecture, costs, create_model, model_config
+from effnetx_jax.models import architecture, costs, create_model, model_config, speed
+from effnetx_jax.models import summary as model_summary
 from effnetx_jax.models.block_parts import GatedProjection
 
 from conftest import PLUMBING_BLOCKS
@@ -64,7 +65,7 @@ def test_summary_table_for_a_config_file_with_an_argument(tmp_path, capsys):
 
 
 def test_summary_of_every_variant_is_machine_readable():
-    result = summary.summarize(model_config("efficientnet-x-tpu-b3"))
+    result = model_summary.summarize(model_config("efficientnet-x-tpu-b3"))
     assert result["resolution"] == 263 and len(result["blocks"]) == 29
     assert {"name", "params", "macs", "blocks", "resolution"} <= set(result)
 
@@ -129,7 +130,7 @@ def test_bench_train_step_updates_parameters_and_batch_statistics():
     model = create_model(cfg)
     images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     variables = jax.jit(model.init)({"params": jax.random.key(1)}, images)
-    new_variables, loss = jax.jit(bench._train_step(model))(variables, images, jnp.arange(4), jax.random.key(2))
+    new_variables, loss = jax.jit(speed._train_step(model))(variables, images, jnp.arange(4), jax.random.key(2))
     assert np.isfinite(float(loss))
     for collection in ("params", "batch_stats"):
         changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables[collection], new_variables[collection])
@@ -140,7 +141,7 @@ def test_bench_weights_have_the_models_shapes_and_initial_scales():
     cfg = model_config("efficientnet-b0")
     model = create_model(cfg)
     image = jnp.zeros((1, 32, 32, 3), jnp.float32)
-    variables = bench.random_variables(model, image)
+    variables = speed.random_variables(model, image)
     expected = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), image)
     assert jax.tree.map(lambda leaf: (leaf.shape, leaf.dtype), variables) == jax.tree.map(
         lambda leaf: (leaf.shape, leaf.dtype), expected

@@ -16,6 +16,7 @@ import ml_collections
 
 from effnetx_jax import config_files
 from effnetx_jax.lacs.experiment import Point
+from effnetx_jax.models import architecture, costs
 from effnetx_jax.studies import candidates
 
 
@@ -43,8 +44,6 @@ def member_model(config: ml_collections.ConfigDict, point: Point, index: int) ->
 def write_family(config: ml_collections.ConfigDict, point: Point, directory: str, command: str) -> list[dict]:
     """Writes `directory/<name>.py` for every member (trainer config = `config.family.trainer` + the
     member's model); returns one summary per member."""
-    from effnetx_jax.summary import parameter_count
-
     os.makedirs(directory, exist_ok=True)
     alpha, beta, gamma = point
     members = []
@@ -72,7 +71,7 @@ def write_family(config: ml_collections.ConfigDict, point: Point, directory: str
                 "resolution": model.resolution,
                 "dropout": model.dropout,
                 "gflops": gflops,
-                "params": parameter_count(model),
+                "params": costs.parameter_count(architecture(model)),
                 "config": path,
             }
         )

@@ -20,7 +20,7 @@ import ml_collections
 import optuna
 from optuna.trial import TrialState
 
-from effnetx_jax import summary
+from effnetx_jax.models import architecture, costs
 from effnetx_jax.search import experiment
 from effnetx_jax.search.space import InvalidCandidate, SearchSpace, canonical_key
 from effnetx_jax.studies import Timing, candidates, lifecycle, loop
@@ -201,7 +201,7 @@ class Search:
         """Measures and proxy-trains one candidate, in `trials/<its canonical key>`."""
         config, model = self.config, self.space.to_model(candidate)
         outcome["gflops"] = float(f"{candidates.gflops(model):.4g}")
-        outcome["params"] = summary.parameter_count(model)
+        outcome["params"] = costs.parameter_count(architecture(model))
         outcome.update(latency(model, config))
         trial_dir = os.path.join(self.workdir, "trials", canonical_key(model))
         outcome.update(candidates.proxy_train(config.proxy, model, trial_dir, config.objective.metric))

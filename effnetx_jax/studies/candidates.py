@@ -1,6 +1,6 @@
 """What every study measures of a candidate model: latency here, proxy accuracy, and the reward.
 
-Latency comes from the bench code (`bench.benchmark`), accuracy from the trainer (`train_and_evaluate`,
+Latency comes from `models.speed.benchmark`, accuracy from the trainer (`train_and_evaluate`,
 nothing special-cased), and the reward is MnasNet's `ACC * (LAT / T) ** w`.
 """
 
@@ -83,11 +83,11 @@ def check_latency(latency: ml_collections.ConfigDict) -> None:
 
 def benchmark(model: ml_collections.ConfigDict, latency: ml_collections.ConfigDict) -> dict:
     """`python -m effnetx_jax.bench`'s numbers for `model` on this process's first device."""
-    from effnetx_jax import bench
+    from effnetx_jax.models.speed import benchmark
 
     timed = ml_collections.ConfigDict(model.to_dict())
     timed.dtype = latency.dtype
-    return bench.benchmark(timed, batch=latency.batch, mode=latency.mode, steps=latency.steps, warmup=latency.warmup)
+    return benchmark(timed, batch=latency.batch, mode=latency.mode, steps=latency.steps, warmup=latency.warmup)
 
 
 def measure_latency(model: ml_collections.ConfigDict, latency: ml_collections.ConfigDict) -> float:
