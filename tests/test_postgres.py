@@ -138,3 +138,40 @@ def test_a_database_out_of_reach_stops_the_worker_after_stale_after_s_with_the_r
         f'(connection failed: connection to server at "127.0.0.1", port {port} failed: Connection refused); '
         "what the workers finished is stored there: once it is back, rerun the same command to resume"
     )
+
+
+@pytest.mark.slow
+def test_storage_calls_in_flight_while_the_server_restarts_are_retried_on_a_fresh_session(postgres, database):
+    # A query on a connection the restart dropped leaves its session in a failed transaction: the next
+    # call on it fails with PendingRollbackError (raised while handling the OperationalError) unless the
+    # storage drops that session before retrying.
+    import threading
+
+    import optuna
+
+    from effnetx_jax.studies.storage import open_storage
+
+    study = optuna.create_study(storage=open_storage(database, "unused", reconnect_s=60), study_name="in_flight")
+    stop, errors = threading.Event(), []
+
+    def ask_and_tell():
+        while not stop.is_set():
+            try:
+                study.get_trials(deepcopy=False)
+                study.tell(study.ask(), 1.0)
+            except Exception as error:  # what the worker loop would have died of
+                errors.append(error)
+                return
+
+    threads = [threading.Thread(target=ask_and_tell) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for _ in range(3):
+        time.sleep(1.0)
+        postgres.restart(down_s=1.0)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert all(trial.state == TrialState.COMPLETE for trial in study.get_trials(deepcopy=False))

@@ -8,6 +8,7 @@ one's trial as dead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
@@ -54,12 +55,14 @@ def _connection_lost(error: BaseException) -> bool:
     """
     import sqlalchemy.exc
 
+    # Both links: a query after a dropped connection fails with PendingRollbackError, raised while
+    # handling (not from) the OperationalError of the drop.
     while error is not None:
         if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return True
         if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
             return True
-        error = error.__cause__
+        error = error.__cause__ or error.__context__
     return False
 
 
@@ -112,6 +115,7 @@ class ReconnectingStorage(optuna.storages.RDBStorage):
                 left_s = deadline - time.monotonic()
                 if left_s <= 0:
                     raise self._unreachable(error) from error
+                self._discard_session()
                 if lost_since is None and _connection_lost(error):  # a schema race is not worth a warning
                     lost_since = time.monotonic()
                     logging.warning(
@@ -127,6 +131,14 @@ class ReconnectingStorage(optuna.storages.RDBStorage):
                     "the study's database %s is back after %.0f s", self._shown_url, time.monotonic() - lost_since
                 )
             return result
+
+    def _discard_session(self) -> None:
+        """Drops this thread's session: one whose connection broke stays in a failed transaction, and
+        every later call on it would fail again (`PendingRollbackError`) even with the database back."""
+        scoped = getattr(self, "scoped_session", None)  # not yet there while __init__ connects
+        if scoped is not None:
+            with contextlib.suppress(Exception):  # the broken connection may fail its rollback too
+                scoped.remove()
 
     def _unreachable(self, error: BaseException) -> StorageUnreachable:
         return StorageUnreachable(
