@@ -23,7 +23,6 @@ from effnetx_jax.studies import candidates, lifecycle, loop
 from effnetx_jax.studies.storage import open_storage
 
 from conftest import (
-    free_port,
     kill_once_one_trial_finished_and_one_runs,
     run_to_end,
     study_trials,
@@ -390,19 +389,3 @@ def test_a_killed_workers_point_is_retried_and_finished_points_are_not(data_dir,
     assert by_state[optuna.trial.TrialState.FAIL] == [killed]
     report = json.loads((tmp_path / "lacs.json").read_text())
     assert [row["status"] for row in report["points"]] == ["complete", "complete"]
-
-
-@pytest.mark.slow
-def test_two_jax_processes_train_each_point_together_and_process_0_records_it(data_dir, tmp_path):
-    grid = {"alpha": (1.2,), "beta": (1.0,), "gamma": (1.0,)}
-    port = free_port()
-    flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--distributed_timeout_s=120"]
-    workers = [_worker(tmp_path, data_dir, grid, *flags, f"--process_id={index}") for index in range(2)]
-    outputs = run_to_end(workers, PROCESS_TIMEOUT_S)
-    assert "chosen alpha=1.2 beta=1 gamma=1" in outputs[0]
-    assert "chosen" not in outputs[1]  # process 1 neither records nor reports
-    (trial,) = _trials(tmp_path)
-    assert trial.state == optuna.trial.TrialState.COMPLETE
-    # The proxy run was one run of two processes: its metrics were logged once, by process 0.
-    (metrics,) = (tmp_path / "trials").rglob("metrics.jsonl")
-    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()].count(2) >= 1

@@ -415,6 +415,7 @@ def test_a_killed_workers_candidate_is_retried_with_the_same_decisions(data_dir,
 
 @pytest.mark.slow
 def test_two_jax_processes_train_each_candidate_together_and_process_0_records_it(data_dir, tmp_path):
+    # The multi-process path of the worker loop LACS shares (studies.loop.run_worker): tested once, here.
     port = free_port()
     flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--distributed_timeout_s=120"]
     workers = [_worker(tmp_path, data_dir, 1, *flags, f"--process_id={index}") for index in range(2)]
