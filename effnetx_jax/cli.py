@@ -29,7 +29,7 @@ import ml_collections
 from absl import app, flags
 
 from effnetx_jax import config_files
-from effnetx_jax.errors import UserError
+from effnetx_jax.errors import UserError, root_cause
 
 TRACEBACK_ENV = "EFFNETX_TRACEBACK"
 _TRACEBACK_HELP = f"Show the traceback of an error in the input too (or set {TRACEBACK_ENV}=1)."
@@ -88,13 +88,7 @@ def config_value(holder: flags.FlagHolder):
     try:
         return holder.value
     except Exception as error:  # the user's config file failed; its own exception says how
-        raise UserError(f"--{holder.name}: {one_line(_root_cause(error))}") from error
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
-    return error
+        raise UserError(f"--{holder.name}: {one_line(root_cause(error))}") from error
 
 
 def _unknown_override(argv: Sequence[str], flag_names: Sequence[str]) -> str | None:
@@ -134,7 +128,7 @@ def _parse_flags(argv: list[str], config_flags: Sequence[str]) -> list[str]:
     except Exception as error:  # a --config.KEY override the config cannot take
         if "--traceback" in argv:
             raise
-        message = _unknown_override(argv[1:], config_flags) or one_line(_root_cause(error))
+        message = _unknown_override(argv[1:], config_flags) or one_line(root_cause(error))
         raise SystemExit(f"error: {message}") from None
 
 

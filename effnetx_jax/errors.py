@@ -8,3 +8,11 @@ Only the standard library is imported here: every module may raise it without pu
 
 class UserError(ValueError):
     """The user's input is wrong; the message names the key, token, path or flag and what to do."""
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The exception at the end of `error`'s chain (`raise ... from` or raised while handling): the one
+    that says what actually went wrong when libraries wrap it in their own."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error

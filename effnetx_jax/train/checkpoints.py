@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from effnetx_jax.errors import UserError
+from effnetx_jax.errors import UserError, root_cause
 from effnetx_jax.train import multihost
 
 # Orbax saves a replicated array "replica-parallel": each of R replicas writes 1/R of it, which takes one
@@ -228,9 +228,7 @@ class Checkpoints:
 
     def _read_error(self, step: int, error: BaseException) -> str:
         """What TensorStore says about a failed read, briefly: its deepest cause names the file or array."""
-        while error.__cause__ is not None or error.__context__ is not None:
-            error = error.__cause__ or error.__context__
-        text = str(error).replace(os.path.join(self.directory, str(step)) + os.sep, "")
+        text = str(root_cause(error)).replace(os.path.join(self.directory, str(step)) + os.sep, "")
         short = _CUT_SHORT.search(text)
         if short:
             name, needed, size = short.groups()
