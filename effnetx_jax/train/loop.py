@@ -63,11 +63,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _resume_or_start(components, checkpoints: Checkpoints):
     """The resumed checkpoint (`checkpoints.Resumed`) or None, and the `init_from` weights for a fresh
     start: every check of the workdir and of `init_from`, before the run writes anything."""
-    config = components.config
-    resumed = checkpoints.restore_newest(components.abstract_state())
+    config, abstract_state = components.config, components.abstract_state()
+    resumed = checkpoints.restore_newest(abstract_state)
     pretrained = None
     if resumed is None and config.init_from:
-        pretrained = init_from.read_pretrained(config, components.abstract_state())
+        pretrained = init_from.read_pretrained(config, abstract_state)
     return resumed, pretrained
 
 
