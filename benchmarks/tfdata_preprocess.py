@@ -1,4 +1,4 @@
-"""tf.data doing the reference's preprocessing, the anchor for `python -m effnetx_jax.data.bench`.
+"""tf.data doing the reference's preprocessing, the anchor for `effnetx-data-bench`.
 
     python benchmarks/tfdata_preprocess.py [--data_dir=DIR] [--dataset=synthetic_imagenet/bench]
 

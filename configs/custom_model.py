@@ -2,8 +2,8 @@
 
 Every field of a registered variant can be overridden; LACS and search write configs like this one.
 
-  python -m effnetx_jax.summary --config=configs/custom_model.py
-  python -m effnetx_jax.bench --config=configs/custom_model.py --batch 8
+  effnetx-summary --config=configs/custom_model.py
+  effnetx-bench --config=configs/custom_model.py --batch 8
 
 Expected (measured by the summary command): 23 blocks, 12,775,992 parameters, 2.037B MACs at 256 px.
 """

@@ -1,6 +1,6 @@
 """Fine-tunes pretrained EfficientNet-B0 weights on another dataset: a new classifier, every layer trained.
 
-  python -m effnetx_jax.convert tf efficientnet-b0/model.ckpt --model=efficientnet-b0 --out=weights/efficientnet-b0
+  effnetx-convert tf efficientnet-b0/model.ckpt --model=efficientnet-b0 --out=weights/efficientnet-b0
   python train.py --config=configs/finetune.py --config.init_from=weights/efficientnet-b0 --workdir=runs/finetune
 
 As written it fine-tunes on the bundled digits dataset on a laptop CPU (64 px, float32). For another TFDS
@@ -11,14 +11,14 @@ matching `config.init_exclude` (the 1000-class classifier); the optimizer starts
 Expected result and cost: see the README's "Pretrained weights" section (measured).
 """
 
-from configs import common
+from effnetx_jax import recipe
 
 
 def get_config():
-    config = common.get_config("efficientnet-b0")
+    config = recipe.get_config("efficientnet-b0")
     config.init_exclude = "classifier"
     config.model.update(resolution=64, num_classes=10, dtype="float32", bn_momentum=0.9)
-    common.use_digits(config)
+    recipe.use_digits(config)
     config.batch_size = 64
     config.eval_batch_size = 128
 

@@ -6,11 +6,11 @@ The digits dataset (1,797 real 8x8 images from scikit-learn, no download) is bui
 data dir on first use. Expected result and cost: see the README's quickstart section (measured).
 """
 
-from configs import common
+from effnetx_jax import recipe
 
 
 def get_config():
-    config = common.get_config("efficientnet-x-b0")
+    config = recipe.get_config("efficientnet-x-b0")
     # Same block types as EfficientNet-X-B0 (s2d, fused, depthwise; ReLU and swish), reduced width and
     # depth, 32 px input: 16x16 after the stem, 8x8 in the s2d stage, 1x1 at the end.
     config.model.update(
@@ -26,7 +26,7 @@ def get_config():
         # ~340 steps in all: running BN averages at the recipe's 0.99 would still lag the weights.
         bn_momentum=0.9,
     )
-    common.use_digits(config)
+    recipe.use_digits(config)
     config.batch_size = 64
     config.eval_batch_size = 128
 

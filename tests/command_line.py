@@ -1,30 +1,41 @@
-"""Runs the `main(argv)` of a command line whose flags are absl's (convert, predict, export) in the test
-process, as `python -m TOOL` runs it: with its flags set, inside the `cli.one_line_errors` that `cli.run`
-puts around `main`. Starting a Python process per case would cost seconds each."""
+"""Runs a command-line tool (`effnetx-<tool> args...`) in the test process, as its console script runs it:
+`main([argv0, *args])`, absl's parsing and all. Starting a Python process per case would cost seconds each.
 
-import contextlib
+Each tool defines its absl flags when its module is imported (`effnetx_jax.cli`), and several tools share
+flag names (--workdir, --out, --config) with different meanings: so a tool's module is imported anew for
+each run, after the flags of every `effnetx_jax.cli.*` module imported before (tools and the flag modules
+they share, with the validators tools add to those) are removed, and every flag is reset to its default.
+"""
+
+import importlib
+import sys
 
 import pytest
 from absl import flags
-from absl.testing import flagsaver
-
-from effnetx_jax import cli
 
 
-@contextlib.contextmanager
-def tool_flags(**values):
-    """The absl flags `values` set as a command line would set them (the tool's `define_flags()` must have
-    run), restored on exit."""
-    flags.FLAGS.mark_as_parsed()  # as cli.run leaves them after parsing; unset flags keep their defaults
-    with flagsaver.flagsaver(**values):
-        yield
+def tool_module(name: str):
+    """`effnetx_jax.cli.<name>`, imported with its flags defined anew."""
+    for module in [name for name in sys.modules if name.startswith("effnetx_jax.cli.")]:
+        for flag in list(flags.FLAGS.flags_by_module_dict().get(module, [])):  # a copy: deleting edits it
+            delattr(flags.FLAGS, flag.name)
+        del sys.modules[module]
+        # `from effnetx_jax.cli import weights_flags` would otherwise find the old module on the package.
+        vars(sys.modules["effnetx_jax.cli"]).pop(module.rsplit(".", 1)[1], None)
+    return importlib.import_module(f"effnetx_jax.cli.{name}")
 
 
-def error_line(main, argv, **values) -> str:
-    """The line `python -m TOOL` exits with on a user's mistake in `main(argv)` under flags `values`;
-    fails unless it is one `error: ...` line."""
-    with tool_flags(**values), pytest.raises(SystemExit) as exited, cli.one_line_errors():
-        main(argv)
-    message = str(exited.value.code)
+def run_tool(name: str, *args: str):
+    """The exit code of `effnetx-<name> args...`: None (success), or the `error: ...` line of a user's mistake."""
+    module = tool_module(name)
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as exited:
+        module.main([f"effnetx-{name}", *args])
+    return exited.value.code
+
+
+def error_line(name: str, *args: str) -> str:
+    """The line `effnetx-<name> args...` exits with on a user's mistake; fails unless it is one `error: ...` line."""
+    message = str(run_tool(name, *args))
     assert message.startswith("error: ") and "\n" not in message, message
     return message

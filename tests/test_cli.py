@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from effnetx_jax import bench, cli, summary
+from effnetx_jax import cli
 from effnetx_jax.errors import UserError
+
+from command_line import error_line, run_tool
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,15 +50,13 @@ def test_user_mistakes_become_one_line_and_bugs_keep_their_traceback(monkeypatch
         1 / 0  # noqa: B018 (a bug, not the user's mistake)
 
 
-@pytest.mark.parametrize("main", [summary.main, bench.main])
-def test_summary_and_bench_name_an_unknown_model_in_one_line(main, monkeypatch):
+@pytest.mark.parametrize("tool", ["summary", "bench"])
+def test_summary_and_bench_name_an_unknown_model_in_one_line(tool, monkeypatch):
     monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
-    with pytest.raises(SystemExit) as stopped:
-        main(["efficientnet-x-b9"])
-    assert str(stopped.value).startswith("error: unknown model 'efficientnet-x-b9'; registered models: ")
-    assert "\n" not in str(stopped.value)
+    message = error_line(tool, "efficientnet-x-b9")
+    assert message.startswith("error: unknown model 'efficientnet-x-b9'; registered models: ")
     with pytest.raises(UserError):
-        main(["efficientnet-x-b9", "--traceback"])
+        run_tool(tool, "efficientnet-x-b9", "--traceback")
 
 
 def _command(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -103,7 +103,7 @@ def test_the_command_lines_print_one_error_line(tmp_path, copy_of_trained_run):
     )
     broken = tmp_path / "sweep.py"
     broken.write_text("def get_config(:\n")
-    assert _one_error_line(_command("-m", "effnetx_jax.lacs", f"--config={broken}", f"--workdir={tmp_path}")) == (
+    assert _one_error_line(_command("-m", "effnetx_jax.cli.lacs", f"--config={broken}", f"--workdir={tmp_path}")) == (
         f"error: --config={broken}: {broken} line 1: invalid syntax"
     )
     # --traceback (or EFFNETX_TRACEBACK=1) shows where it came from.

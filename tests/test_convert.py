@@ -12,18 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-from configs import common
-from effnetx_jax import convert, weights
-from effnetx_jax.convert import __main__ as convert_command
-from effnetx_jax.convert import tf_checkpoint, timm_weights
-from effnetx_jax.convert.layout import model_layers
+from effnetx_jax import recipe, weights
 from effnetx_jax.errors import UserError
 from effnetx_jax.models import create_model, model_config
+from effnetx_jax.weights import convert
+from effnetx_jax.weights.convert import tf_checkpoint, timm_weights
+from effnetx_jax.weights.convert.layout import model_layers
 
 from command_line import error_line
 from conftest import EVERY_BLOCK, REPO, init_variables, tiny_config, tiny_run_config
-
-convert_command.define_flags()
 
 EMA = "/ExponentialMovingAverage"
 
@@ -158,7 +155,7 @@ def test_tf_training_checkpoint_round_trip_through_the_command_line(tf_training_
         [
             sys.executable,
             "-m",
-            "effnetx_jax.convert",
+            "effnetx_jax.cli.convert",
             "tf",
             str(prefix),
             f"--config={write_config_file(tmp_path / 'config.py', config)}",
@@ -237,7 +234,7 @@ def test_a_registered_variant_gets_its_preprocessing():
     b0 = convert.converted_config("efficientnet-b0", 1000)
     assert b0.model.resolution == 224 and b0.model.dtype == "float32"
     assert b0.data.eval_crop_fraction == pytest.approx(224 / 256) and b0.data.resize == "bicubic_tf1"
-    assert tuple(b0.data.mean) == common.IMAGENET_MEAN and tuple(b0.data.std) == common.IMAGENET_STD
+    assert tuple(b0.data.mean) == recipe.IMAGENET_MEAN and tuple(b0.data.std) == recipe.IMAGENET_STD
     b7 = convert.converted_config("efficientnet-b7", 1000, advprop=True)
     assert b7.model.resolution == 600 and b7.data.eval_crop_fraction == pytest.approx(600 / 632)
     # AdvProp: x * 2/255 - 1.
@@ -397,9 +394,7 @@ def test_a_malformed_safetensors_file_is_one_error_line_naming_the_file(case, tm
     path = tmp_path / "model.safetensors"
     path.write_bytes(contents)
     out = tmp_path / "out"
-    message = error_line(
-        convert_command.main, ["convert", "timm", str(path)], model="efficientnet-b0", config=None, out=str(out)
-    )
+    message = error_line("convert", "timm", str(path), "--model=efficientnet-b0", f"--out={out}")
     assert re.match(rf"error: {re.escape(str(path))} is not a valid safetensors file: {reason}", message), message
     assert not out.exists()
 
@@ -416,7 +411,7 @@ def test_command_line_errors_are_one_line_and_write_nothing(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "effnetx_jax.convert",
+        "effnetx_jax.cli.convert",
         "tf",
         str(tmp_path / "nothing"),
         f"--out={tmp_path / 'out'}",

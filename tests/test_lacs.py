@@ -14,12 +14,12 @@ import ml_collections
 import optuna
 import pytest
 
-from effnetx_jax import config_files, plotting
+from effnetx_jax import config_files
 from effnetx_jax.errors import UserError
-from effnetx_jax.lacs import experiment, family, sweep
-from effnetx_jax.lacs.run import run_lacs
 from effnetx_jax.models import architecture, model_config
-from effnetx_jax.studies import candidates, lifecycle, loop
+from effnetx_jax.studies import candidates, lifecycle, loop, plots
+from effnetx_jax.studies.lacs import experiment, family, sweep
+from effnetx_jax.studies.lacs.run import run_lacs
 from effnetx_jax.studies.storage import open_storage
 
 from conftest import (
@@ -156,7 +156,7 @@ def test_scaling_rounds_the_multipliers_to_two_decimals_and_the_resolution_to_a_
 
 def test_family_configs_are_loadable_trainer_configs_with_the_scaled_models(tmp_path):
     config = _experiment(tmp_path)
-    members = family.write_family(config, (1.2, 1.1, 1.15), str(tmp_path / "configs"), "python -m effnetx_jax.lacs")
+    members = family.write_family(config, (1.2, 1.1, 1.15), str(tmp_path / "configs"), "effnetx-lacs")
     assert [m["name"] for m in members] == [f"efficientnet-x-lacs-digits-b{i}" for i in range(1, 8)]
     assert [m["dropout"] for m in members] == list(config.family.dropout)
     gflops = [m["gflops"] for m in members]
@@ -171,9 +171,9 @@ def test_family_configs_are_loadable_trainer_configs_with_the_scaled_models(tmp_
 
 
 def test_rendered_config_round_trips_including_unset_fields(tmp_path):
-    from configs import common
+    from effnetx_jax import recipe
 
-    original = common.get_config("efficientnet-x-b0")
+    original = recipe.get_config("efficientnet-x-b0")
     path = tmp_path / "copy.py"
     path.write_text(config_files.render_config(original, "A copy."))
     loaded = config_files.load_config(str(path))
@@ -189,7 +189,7 @@ def test_pareto_front_keeps_the_points_nothing_beats():
         {"latency_ms": 3.0, "accuracy": 0.9},
         {"latency_ms": 3.0, "accuracy": 0.8},
     ]
-    assert plotting.pareto_front(rows) == [rows[0], rows[1], rows[3]]
+    assert plots.pareto_front(rows) == [rows[0], rows[1], rows[3]]
 
 
 def test_a_study_made_by_another_experiment_config_is_refused(tmp_path):
@@ -336,7 +336,7 @@ def test_a_failing_point_is_recorded_with_its_error_and_the_sweep_goes_on(data_d
 
 def _worker(workdir, data_dir, grid, *flags):
     return tool_process(
-        "effnetx_jax.lacs",
+        "effnetx_jax.cli.lacs",
         f"--config={EXPERIMENT}",
         f"--workdir={workdir}",
         *_overrides(data_dir, grid, target=1.25, tolerance=0.3),

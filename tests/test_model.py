@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effnetx_jax.convert.layout import model_layers
 from effnetx_jax.models import architecture, create_model
 from effnetx_jax.models.block_parts import SqueezeExciteLayer
 from effnetx_jax.models.blocks import BLOCK_TYPES
+from effnetx_jax.weights.convert.layout import model_layers
 
 from conftest import EVERY_BLOCK, init_variables, tiny_config
 

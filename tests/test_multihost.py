@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from effnetx_jax import distributed
+from effnetx_jax.train import distributed
 
 from conftest import (
     checkpoint_steps,

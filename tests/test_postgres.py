@@ -16,9 +16,9 @@ import test_search
 from optuna.trial import TrialState
 
 from effnetx_jax import cli
-from effnetx_jax.lacs.run import run_lacs
-from effnetx_jax.search import worker
 from effnetx_jax.studies import Timing, lifecycle
+from effnetx_jax.studies.lacs.run import run_lacs
+from effnetx_jax.studies.search import worker
 from effnetx_jax.studies.storage import StorageUnreachable
 
 from conftest import free_port, run_to_end, study_trials

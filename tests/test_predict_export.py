@@ -15,17 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs.common import get_config
-from effnetx_jax import export, predict, weights
+from effnetx_jax import weights
 from effnetx_jax.data import preprocessing
 from effnetx_jax.errors import UserError
 from effnetx_jax.models import create_model
+from effnetx_jax.recipe import get_config
+from effnetx_jax.weights import export, predict
 
-from command_line import error_line, tool_flags
+from command_line import error_line, run_tool
 from conftest import PLUMBING_BLOCKS, REPO, process_env, run_to_end, tool_process
-
-export.define_flags()
-predict.define_flags()
 
 PROCESS_TIMEOUT_S = 300
 
@@ -174,14 +172,15 @@ def test_a_folder_converted_before_config_json_is_refused_without_running_it(che
     for read in (weights.load, weights.read_config, lambda path: predict.predict(path, images[:1])):
         with pytest.raises(ValueError, match="converted by an earlier effnetx_jax") as refused:
             read(str(folder))
-        assert f"python -m effnetx_jax.convert test {source} --model=NAME --out=NEW_DIR" in str(refused.value)
+        assert f"effnetx-convert test {source} --model=NAME --out=NEW_DIR" in str(refused.value)
     assert not (folder / "executed").exists()
 
 
 @pytest.mark.slow
 def test_predict_command_line(checkpoint, images, reference):
     (stdout,) = run_to_end(
-        [tool_process("effnetx_jax.predict", f"--workdir={checkpoint}", "--top_k=2", *images[1:])], PROCESS_TIMEOUT_S
+        [tool_process("effnetx_jax.cli.predict", f"--workdir={checkpoint}", "--top_k=2", *images[1:])],
+        PROCESS_TIMEOUT_S,
     )
     lines = stdout.splitlines()
     assert lines[0::3] == images[1:]
@@ -230,7 +229,7 @@ def test_stablehlo_export_computes_the_logits_for_any_batch_size(stablehlo_expor
 
 def test_an_export_into_an_export_is_refused_before_the_weights_are_read(stablehlo_export, tmp_path):
     # The weights folder does not exist: a check made after reading it would say so instead.
-    message = error_line(export.main, ["export"], workdir=str(tmp_path / "no_weights"), out=str(stablehlo_export))
+    message = error_line("export", f"--workdir={tmp_path / 'no_weights'}", f"--out={stablehlo_export}")
     assert message == (
         f"error: {stablehlo_export} already holds an export (signature.json); pass --overwrite (overwrite=True) to "
         "replace it, or choose another --out"
@@ -240,8 +239,9 @@ def test_an_export_into_an_export_is_refused_before_the_weights_are_read(stableh
 @pytest.mark.parametrize(("export_format", "name"), [("stablehlo", "model.jax_export"), ("savedmodel", "variables")])
 def test_an_export_never_writes_over_files_it_did_not_write(checkpoint, tmp_path, export_format, name):
     (tmp_path / name).write_text("the user's")
-    values = {"workdir": checkpoint, "out": str(tmp_path), "format": export_format, "overwrite": True}
-    message = error_line(export.main, ["export"], **values)
+    message = error_line(
+        "export", f"--workdir={checkpoint}", f"--out={tmp_path}", f"--format={export_format}", "--overwrite"
+    )
     assert message == (
         f"error: {tmp_path} holds {name}, which a {export_format} export would write over, but no export of "
         "effnetx_jax lists it as its own; remove it yourself or choose another --out"
@@ -256,8 +256,7 @@ def test_overwrite_replaces_the_files_of_the_earlier_export_only(checkpoint, sta
     # An earlier export's file that the new one does not write again: it goes.
     (out / "stale.bin").write_bytes(b"old")
     (out / export.SIGNATURE_FILE).write_text(json.dumps({**signature, "files": [*signature["files"], "stale.bin"]}))
-    with tool_flags(workdir=checkpoint, out=str(out), overwrite=True):
-        export.main(["export"])
+    assert run_tool("export", f"--workdir={checkpoint}", f"--out={out}", "--overwrite") is None
     assert sorted(os.listdir(out)) == ["README.txt", export.EXPORT_FILE, export.SIGNATURE_FILE]
     assert f"  {out / export.EXPORT_FILE}  " in capsys.readouterr().out
     assert json.loads((out / export.SIGNATURE_FILE).read_text())["files"] == [export.EXPORT_FILE]
@@ -299,11 +298,8 @@ def test_an_incomplete_converted_checkpoint_is_one_error_naming_the_folder(incom
         with pytest.raises(UserError) as refused:
             read()
         assert str(refused.value).startswith(expected), name
-    for main, argv, values in [
-        (predict.main, ["predict", images[0]], {}),
-        (export.main, ["export"], {"out": str(tmp_path / "export")}),
-    ]:
-        assert error_line(main, argv, workdir=str(folder), **values).startswith(f"error: {expected}")
+    for tool, args in [("predict", [images[0]]), ("export", [f"--out={tmp_path / 'export'}"])]:
+        assert error_line(tool, f"--workdir={folder}", *args).startswith(f"error: {expected}")
     assert not (tmp_path / "export").exists()
 
 
@@ -313,7 +309,7 @@ def test_savedmodel_export_from_the_command_line_serves_the_logits(checkpoint, r
 
     out = str(tmp_path / "savedmodel")
     (stdout,) = run_to_end(
-        [tool_process("effnetx_jax.export", f"--workdir={checkpoint}", f"--out={out}", "--format=savedmodel")],
+        [tool_process("effnetx_jax.cli.export", f"--workdir={checkpoint}", f"--out={out}", "--format=savedmodel")],
         PROCESS_TIMEOUT_S,
     )
     assert f"  {os.path.join(out, 'saved_model.pb')}  " in stdout

@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 
 from effnetx_jax import config_files
 from effnetx_jax.models import architecture, model_config
-from effnetx_jax.search import evolution, experiment, worker
-from effnetx_jax.search.run import open_search_study, run_search
-from effnetx_jax.search.space import InvalidCandidate, SearchSpace, canonical_key, default_choices
 from effnetx_jax.studies import candidates, lifecycle
+from effnetx_jax.studies.search import evolution, experiment, worker
+from effnetx_jax.studies.search.run import open_search_study, run_search
+from effnetx_jax.studies.search.space import InvalidCandidate, SearchSpace, canonical_key, default_choices
 from effnetx_jax.studies.storage import open_storage
 
 from conftest import (
@@ -371,7 +371,7 @@ def test_the_references_are_queued_first_and_their_results_marked():
 
 def _worker(workdir, data_dir, max_trials, *flags):
     return tool_process(
-        "effnetx_jax.search",
+        "effnetx_jax.cli.search",
         f"--config={EXPERIMENT}",
         f"--workdir={workdir}",
         *_overrides(data_dir, max_trials),

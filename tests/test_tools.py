@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effnetx_jax import bench, summary
 from effnetx_jax.models import architecture, costs, create_model, model_config, speed
 from effnetx_jax.models import summary as model_summary
 from effnetx_jax.models.block_parts import GatedProjection
 
+from command_line import error_line, run_tool
 from conftest import PLUMBING_BLOCKS
 
 TINY_CONFIG = f"""
@@ -28,15 +28,15 @@ def get_config(arg="relu"):
 """
 
 
-def run_main(tool, capsys, *args) -> str:
-    """`python -m effnetx_jax.<tool> args...` as its entry point runs it, in this process; its stdout."""
+def run_main(tool: str, capsys, *args) -> str:
+    """The stdout of `effnetx-<tool> args...` run in this process, which must succeed."""
     capsys.readouterr()
-    assert tool.main(list(args)) == 0
+    assert run_tool(tool, *args) is None
     return capsys.readouterr().out
 
 
 def test_summary_json_for_a_registered_model(capsys):
-    (entry,) = json.loads(run_main(summary, capsys, "efficientnet-x-b0", "--json"))
+    (entry,) = json.loads(run_main("summary", capsys, "efficientnet-x-b0", "--json"))
     assert (entry["name"], entry["params"], entry["resolution"]) == ("efficientnet-x-b0", 7_584_104, 224)
     assert entry["macs"] == 920_421_088
     assert len(entry["blocks"]) == 16
@@ -50,8 +50,8 @@ def test_summary_json_for_a_registered_model(capsys):
 
 
 def test_summary_traffic_follows_batch_and_dtype(capsys):
-    (entry,) = json.loads(run_main(summary, capsys, "efficientnet-b0", "--json", "--batch=64", "--dtype=bfloat16"))
-    (single,) = json.loads(run_main(summary, capsys, "efficientnet-b0", "--json"))
+    (entry,) = json.loads(run_main("summary", capsys, "efficientnet-b0", "--json", "--batch=64", "--dtype=bfloat16"))
+    (single,) = json.loads(run_main("summary", capsys, "efficientnet-b0", "--json"))
     assert (entry["batch"], entry["dtype"], entry["flops"]) == (64, "bfloat16", 64 * single["flops"])
     assert entry["intensity"] > 2 * single["intensity"]  # half the bytes per element, weights amortised
 
@@ -59,7 +59,7 @@ def test_summary_traffic_follows_batch_and_dtype(capsys):
 def test_summary_table_for_a_config_file_with_an_argument(tmp_path, capsys):
     path = tmp_path / "tiny.py"
     path.write_text(TINY_CONFIG)
-    table = run_main(summary, capsys, f"--config={path}:swish")
+    table = run_main("summary", capsys, f"--config={path}:swish")
     assert table.startswith("tiny @ 32px")
     assert "swish" in table and "params" in table and "MACs" in table
 
@@ -73,7 +73,10 @@ def test_summary_of_every_variant_is_machine_readable():
 @pytest.mark.slow
 def test_summary_rejects_a_bad_model_name():
     result = subprocess.run(
-        [sys.executable, "-m", "effnetx_jax.summary", "efficientnet-x-b9"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "effnetx_jax.cli.summary", "efficientnet-x-b9"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode != 0
     assert "unknown model 'efficientnet-x-b9'" in result.stderr
@@ -84,7 +87,7 @@ def test_bench_reports_compile_and_step_times(tmp_path, capsys):
     path.write_text(TINY_CONFIG)
     for mode in ("infer", "train"):
         line = run_main(
-            bench, capsys, f"--config={path}", "--batch=4", f"--mode={mode}", "--steps=2", "--warmup=1", "--json"
+            "bench", capsys, f"--config={path}", "--batch=4", f"--mode={mode}", "--steps=2", "--warmup=1", "--json"
         )
         result = json.loads(line)
         assert result["mode"] == mode and result["batch"] == 4 and result["resolution"] == 32
@@ -97,7 +100,7 @@ def test_bench_reports_compile_and_step_times(tmp_path, capsys):
 def test_bench_families_with_a_latency_vs_flops_plot(tmp_path, capsys):
     plot = tmp_path / "latency_vs_flops.png"
     output = run_main(
-        bench,
+        "bench",
         capsys,
         *("--family=efficientnet", "--family=efficientnet-x", "--sizes=0-1"),
         *("--resolution=32", "--batch=2", "--steps=1", "--warmup=0", "--json", f"--plot={plot}"),
@@ -119,9 +122,7 @@ def test_bench_families_with_a_latency_vs_flops_plot(tmp_path, capsys):
 
 @pytest.mark.parametrize("sizes", ["0-9", "a-b", ""])
 def test_bench_rejects_bad_sizes(sizes, capsys):
-    with pytest.raises(SystemExit) as exited:
-        bench.main(["--family=efficientnet", f"--sizes={sizes}"])
-    assert exited.value.code != 0 and "--sizes" in capsys.readouterr().err
+    assert error_line("bench", "--family=efficientnet", f"--sizes={sizes}").startswith("error: --sizes")
 
 
 def test_bench_train_step_updates_parameters_and_batch_statistics():

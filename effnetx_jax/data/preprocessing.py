@@ -14,7 +14,7 @@ Training view (`preprocessing.py` of the reference):
 3. bicubic resize to the resolution, random horizontal flip, then RandAugment or AutoAugment if asked.
 Evaluation view: a centre crop of side `int(eval_crop_fraction * shorter side)`, offsets rounded as
 TF's, bicubic resize. The paper's rule (before the reference's 2021 change) is a fraction of
-`R / (R + 32)`; `configs/common.py` sets that per variant.
+`R / (R + 32)`; `effnetx_jax.recipe` sets that per variant.
 
 Resizing (`config.data.resize`) is bicubic with Keys' a = -0.75 and no antialiasing, the kernel
 of TF1's `resize_bicubic` that the reference calls. `bicubic` (default) samples at half-pixel

@@ -1,20 +1,11 @@
-"""`python -m effnetx_jax.data.preview --config=configs/b0.py --out=grid.png [IMAGE ...]`: what training sees.
-
-Runs the config's training view (crop, resize, flip, `config.data.augment`) on each image (default:
-the two photographs that ship with scikit-learn, `china.jpg` and `flower.jpg`) for `--samples`
-epochs and writes a PNG grid: one row per image, its evaluation view first, then the training
-samples. Override the augmentation as any config value, e.g. `--config.data.augment='randaugment(2,17)'`.
-"""
+"""What training sees: a grid of a config's training views of real photographs (`preview_grid`), drawn by
+`effnetx-data-preview`."""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
-
-from effnetx_jax import cli
 
 _GAP = 4  # white pixels between tiles
 
@@ -45,32 +36,3 @@ def preview_grid(config, images: list[bytes], samples: int) -> np.ndarray:
             top, left = row * (size + _GAP), column * (size + _GAP)
             grid[top : top + size, left : left + size] = tile
     return grid
-
-
-def define_flags() -> None:
-    """The flags of the command line. Defined when it runs, not on import: the tests import this module's
-    functions in a process that runs the `main`s of convert and export, whose --config and --out these
-    would clash with."""
-    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-    flags.DEFINE_string("out", None, "PNG file to write.")
-    flags.DEFINE_integer("samples", 7, "Training samples per image.")
-    flags.mark_flags_as_required(["config", "out"])
-
-
-def main(argv):
-    from PIL import Image
-
-    values = flags.FLAGS
-    paths = argv[1:] or sample_photos()
-    images = []
-    for path in paths:
-        with open(path, "rb") as file:
-            images.append(file.read())
-    grid = preview_grid(cli.config_value(flags.FlagHolder(values, values["config"])), images, values.samples)
-    Image.fromarray(grid).save(values.out)
-    print(f"wrote {values.out}: {len(images)} image(s) x (eval view + {values.samples} training samples)")
-
-
-if __name__ == "__main__":
-    define_flags()
-    cli.run(main)

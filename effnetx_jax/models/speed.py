@@ -7,7 +7,7 @@ depend on them, and drawing them with the model's own initialisers would compile
 longer to build than the one being measured.
 `train` times forward + backward + BatchNorm statistics update + an SGD parameter update; the
 optimizer of the training recipe adds only elementwise work on the parameters.
-`python -m effnetx_jax.bench` prints these numbers; LACS and the search measure latency with them.
+`effnetx-bench` prints these numbers; LACS and the search measure latency with them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A model's summary as data: parameters and output shape of every block read off the traced model
 (`jax.eval_shape`: nothing is allocated, so B7 takes seconds), with MACs, bytes moved and FLOPs per
 byte from the analytic counts of `costs` (its docstring gives the counting rules). `python -m
-effnetx_jax.summary` prints it as a table.
+effnetx_jax.cli.summary` prints it as a table.
 """
 
 from __future__ import annotations

@@ -9,10 +9,12 @@ need no extra code; a kind of study adds only how it claims, evaluates and repor
 - `lifecycle`: the study and the life of a trial (heartbeats, dead workers, failures).
 - `loop`: the worker loop, and the `Kind` of study it runs.
 - `candidates`: what every candidate model gets: latency, proxy accuracy, reward.
-- `command_line`: the flags of a study tool's command line.
+- `plots`: accuracy against latency, with the Pareto front.
+- `lacs`: latency-aware compound scaling (the grid, the constraint, the family it writes, its report).
+- `search`: the evolutionary architecture search (the space, the sampler, its cache and report).
 
-This module imports nothing heavy: the entry points import `command_line`, and with it this package
-(the entry-point rule in effnetx_jax/cli.py).
+Their command lines are `effnetx-lacs` and `effnetx-search` (`effnetx_jax.cli.study_flags`).
+This module imports nothing heavy: the command lines import it (the entry-point rule in `effnetx_jax.cli`).
 """
 
 import dataclasses

@@ -82,7 +82,7 @@ def check_latency(latency: ml_collections.ConfigDict) -> None:
 
 
 def benchmark(model: ml_collections.ConfigDict, latency: ml_collections.ConfigDict) -> dict:
-    """`python -m effnetx_jax.bench`'s numbers for `model` on this process's first device."""
+    """`effnetx-bench`'s numbers for `model` on this process's first device."""
     from effnetx_jax.models.speed import benchmark
 
     timed = ml_collections.ConfigDict(model.to_dict())

@@ -48,7 +48,7 @@ def make_evaluator(components: Components, state_sharding) -> Callable[..., Eval
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, weights: str = "ema") -> dict:
     """Evaluates a checkpoint over the whole `config.eval_split`: one that `train_and_evaluate` wrote in
-    `workdir`, or a converted checkpoint (`python -m effnetx_jax.convert`, see `effnetx_jax.weights`).
+    `workdir`, or a converted checkpoint (`effnetx-convert`, see `effnetx_jax.weights`).
 
     `step` selects the checkpoint (default: the latest readable one, with a warning for each newer,
     damaged one; a damaged `step` is refused) and `weights` the EMA (default) or the raw weights; a

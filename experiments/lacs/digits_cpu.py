@@ -1,6 +1,6 @@
 """LACS at laptop scale: scale the quickstart's EfficientNet-X on the bundled digits, on this CPU.
 
-  python -m effnetx_jax.lacs --config=experiments/lacs/digits_cpu.py --workdir=runs/lacs-digits
+  effnetx-lacs --config=experiments/lacs/digits_cpu.py --workdir=runs/lacs-digits
 
 11 of the 72 grid points meet EfficientNet's FLOPs rule (alpha * beta^2 * gamma^2 = 2 +- 0.1); each
 is proxy-trained for 6 epochs of digits (~1 minute on 2 CPU cores) after its latency is measured

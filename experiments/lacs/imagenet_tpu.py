@@ -1,6 +1,6 @@
 """LACS at full scale on a TPU slice: EfficientNet-X-B0 on ImageNet, latency measured on the TPU.
 
-  python -m effnetx_jax.lacs --config=experiments/lacs/imagenet_tpu.py --workdir=gs://BUCKET/lacs-tpu \
+  effnetx-lacs --config=experiments/lacs/imagenet_tpu.py --workdir=gs://BUCKET/lacs-tpu \
       --storage=postgresql://USER:PASS@HOST/lacs        # the same command on every host of the slice
 
 The grid holds depth coefficients up to 2.0 because the paper's finding is that depth should grow
@@ -14,12 +14,12 @@ Cost: 12 of the 225 grid points meet alpha * beta^2 * gamma^2 = 2 +- 0.05. Each 
 Several workers (--storage) split the points; on a slice, every host trains each point together.
 """
 
-from configs import common
+from effnetx_jax import recipe
 from experiments.lacs import imagenet_common
 
 
 def get_config():
-    config = imagenet_common.get_config("imagenet_tpu", common.get_config("efficientnet-x-b0"))
+    config = imagenet_common.get_config("imagenet_tpu", recipe.get_config("efficientnet-x-b0"))
     config.latency.update(batch=128, dtype="bfloat16", mode="infer")
     config.proxy.batch_size = 4096
     return config

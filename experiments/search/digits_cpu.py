@@ -1,6 +1,6 @@
 """Architecture search at laptop scale: aging evolution on the bundled digits, on this CPU.
 
-  python -m effnetx_jax.search --config=experiments/search/digits_cpu.py --workdir=runs/search-digits
+  effnetx-search --config=experiments/search/digits_cpu.py --workdir=runs/search-digits
 
 The skeleton is the quickstart model (EfficientNet-X-B0's strides and filters at width 0.5, depth
 0.5, 32 px); every candidate keeps that scale and is proxy-trained for 5 epochs of digits. The two
@@ -16,7 +16,7 @@ skeleton (so no reference models), population 2, 3 candidates, 2 proxy steps, a 
 import ml_collections
 
 from configs import quickstart
-from effnetx_jax.search.space import default_choices
+from effnetx_jax.studies.search.space import default_choices
 
 # The skeleton of `:test`: two stages (s2d + depthwise, then fused), compiled in seconds.
 TEST_BLOCKS = ("r1_k3_s22_e1_i32_o16_se0.25_d1_a0", "r1_k3_s22_e4_i16_o24_f1_a1")

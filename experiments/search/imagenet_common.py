@@ -2,16 +2,16 @@
 
 import ml_collections
 
-from configs import common
-from effnetx_jax.search.space import default_choices
+from effnetx_jax import recipe
+from effnetx_jax.studies.search.space import default_choices
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
-    recipe = common.get_config("efficientnet-b0")
+    base = recipe.get_config("efficientnet-b0")
     config = ml_collections.ConfigDict()
     config.name = name
     config.seed = 0
-    config.model = ml_collections.ConfigDict(recipe.model.to_dict())  # B0's 7 stages at 224 px
+    config.model = ml_collections.ConfigDict(base.model.to_dict())  # B0's 7 stages at 224 px
     config.space = default_choices()
     config.references = ("efficientnet-b0", "efficientnet-x-b0")
     # Real et al.'s ratio of sample to population (25 of 100), at a smaller population for a 300-trial budget.
@@ -31,9 +31,9 @@ def get_config(name: str) -> ml_collections.ConfigDict:
         }
     )
     # Proxy: MnasNet's 5 ImageNet epochs, with the official recipe (its schedule simply stops early).
-    config.proxy = ml_collections.ConfigDict(recipe.to_dict(preserve_field_references=True))
+    config.proxy = ml_collections.ConfigDict(base.to_dict(preserve_field_references=True))
     config.proxy.total_epochs = 5.0
     config.proxy.eval_every_epochs = 5.0
     config.proxy.checkpoint_every_steps = 2000
-    config.final = recipe  # best.py: the full 350-epoch recipe
+    config.final = base  # best.py: the full 350-epoch recipe
     return config

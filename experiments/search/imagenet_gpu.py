@@ -1,6 +1,6 @@
 """The paper's search at full scale on GPUs: ImageNet proxy, latency measured on the GPU.
 
-  python -m effnetx_jax.search --config=experiments/search/imagenet_gpu.py --workdir=/shared/search-gpu \
+  effnetx-search --config=experiments/search/imagenet_gpu.py --workdir=/shared/search-gpu \
       --storage=postgresql://USER:PASS@HOST/search        # one worker per GPU node, any number of nodes
 
 The space, algorithm and budget of imagenet_tpu.py; latency is inference, bfloat16, batch 128 on one

@@ -1,6 +1,6 @@
 """The paper's search at full scale on a TPU slice: ImageNet proxy, latency measured on the TPU.
 
-  python -m effnetx_jax.search --config=experiments/search/imagenet_tpu.py --workdir=gs://BUCKET/search-tpu \
+  effnetx-search --config=experiments/search/imagenet_tpu.py --workdir=gs://BUCKET/search-tpu \
       --storage=postgresql://USER:PASS@HOST/search        # the same command on every host of the slice
 
 Space: per stage of EfficientNet-B0's skeleton, depthwise or fused, kernel 3/5, expansion 1/4/6,

@@ -1,0 +1,61 @@
+"""`effnetx-export --workdir=DIR --out=OUT --format=stablehlo|savedmodel` (or `python -m effnetx_jax.cli.export`):
+a model to serve, with its weights inside (`effnetx_jax.weights.export` describes both formats).
+"""
+
+import os
+
+from absl import flags
+
+from effnetx_jax import cli
+from effnetx_jax.cli import weights_flags
+from effnetx_jax.errors import UserError
+
+_OUT = flags.DEFINE_string(
+    "out",
+    None,
+    "Output directory (created if missing). One that holds an export is refused unless --overwrite; "
+    "files of other origin in it are never replaced.",
+)
+_FORMAT = flags.DEFINE_enum(
+    "format", "stablehlo", ["stablehlo", "savedmodel"], "stablehlo (jax.export) or savedmodel (TF, via jax2tf)."
+)
+_PLATFORMS = flags.DEFINE_list(
+    "platforms", ["cpu", "cuda", "tpu"], "Platforms the artifact runs on: cpu, cuda, rocm, tpu."
+)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace the export already in --out: the files its signature.json lists (of either format) are removed "
+    "first; nothing else in --out is touched.",
+)
+flags.mark_flag_as_required("out")
+flags.adopt_module_key_flags(weights_flags)
+
+
+def _main(argv: list[str]) -> None:
+    from effnetx_jax.weights.export import EXPORTERS
+
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    paths = EXPORTERS[_FORMAT.value](
+        weights_flags.WORKDIR.value,
+        _OUT.value,
+        weights=weights_flags.WEIGHTS.value,
+        step=weights_flags.STEP.value,
+        platforms=_PLATFORMS.value,
+        overwrite=_OVERWRITE.value,
+    )
+    total = sum(os.path.getsize(path) for path in paths)
+    print(f"{_FORMAT.value} export of {weights_flags.WORKDIR.value} for {', '.join(_PLATFORMS.value)}:")
+    for path in paths:
+        print(f"  {path}  {os.path.getsize(path):,} bytes")
+    print(f"  total {total:,} bytes", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `effnetx-export` console script."""
+    cli.run(_main, argv, config_flags=())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,2 +1,0 @@
-"""Evolutionary architecture search: a space of per-stage choices, aging evolution or NSGA-II, and the
-trainer as the proxy (`python -m effnetx_jax.search`)."""
