@@ -1,5 +1,14 @@
 """The official EfficientNet training recipe (reference §6), shared by every config.
 
+A config file anywhere starts from it with one import (docs/training.md has a complete example):
+
+    from effnetx_jax import recipe
+
+    def get_config():
+        config = recipe.get_config("efficientnet-x-b3")  # any registered variant
+        config.batch_size = 256  # then any key, as on the command line (--config.batch_size=256)
+        return config
+
 Durations and intervals are given in steps or epochs: exactly one of each pair is positive (unset
 or 0 means absent, so `--config.total_steps=200 --config.total_epochs=0` switches units on the
 command line). `batch_size` is the global batch over all devices and hosts.

@@ -111,3 +111,46 @@ def test_the_command_lines_print_one_error_line(tmp_path, copy_of_trained_run):
     assert shown.returncode == 1 and "Traceback" in shown.stderr
     shown = _command("train.py", "--config=nope.py", "--workdir=unused", env_extra={cli.TRACEBACK_ENV: "1"})
     assert shown.returncode == 1 and "Traceback" in shown.stderr
+
+
+@pytest.mark.slow
+def test_every_console_script_lists_its_flags_without_importing_jax_or_tensorflow():
+    from importlib.metadata import entry_points
+
+    scripts = [
+        script.name for script in entry_points(group="console_scripts") if script.value.startswith("effnetx_jax")
+    ]
+    tools = ["train", "eval", "summary", "bench", "convert", "predict", "export", "lacs", "search"]
+    assert sorted(scripts) == sorted(f"effnetx-{tool}" for tool in [*tools, "data-bench", "data-preview"])
+    probe = (
+        "import sys\n"
+        "from importlib.metadata import entry_points\n"
+        "(script,) = entry_points(group='console_scripts', name=sys.argv[1])\n"
+        "try:\n    script.load()([sys.argv[1], '--help'])\n"
+        "except SystemExit as exited:\n    assert exited.code == 0, exited.code\n"
+        "print('heavy:', sorted(name for name in ('jax', 'tensorflow') if name in sys.modules))\n"
+    )
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", probe, name], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name in scripts
+    }
+    helps = {}
+    for name, process in processes.items():
+        helps[name], stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr[-3000:]
+        assert helps[name].startswith(f"`{name}") and "  --[no]traceback:" in helps[name], helps[name][:500]
+        assert helps[name].rstrip().endswith("heavy: []"), (name, helps[name][-300:])
+    # Each lists its own flags and those it shares with other tools.
+    for name, flag in [
+        ("effnetx-train", "--workdir"),
+        ("effnetx-train", "--coordinator_address"),
+        ("effnetx-eval", "--weights"),
+        ("effnetx-summary", "--batch"),
+        ("effnetx-bench", "--family"),
+        ("effnetx-export", "--step"),
+        ("effnetx-lacs", "--storage"),
+        ("effnetx-search", "--num_processes"),
+    ]:
+        assert f"  {flag}:" in helps[name], (name, flag)

@@ -5,6 +5,7 @@ import re
 import pytest
 
 from configs import quickstart
+from effnetx_jax import recipe
 from effnetx_jax.errors import UserError
 from effnetx_jax.models import VARIANTS, architecture, model_config
 from effnetx_jax.train.plan import check_config
@@ -213,3 +214,28 @@ def test_zero_learning_rate_and_long_warm_up_in_steps_are_allowed():
     # A run counted in steps may end inside the recipe's warm-up (`--config.total_steps=1` to try a config).
     config.total_epochs, config.total_steps = 0.0, 1
     check_config(config, num_classes=10)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_the_packaged_recipe_starts_any_registered_variant(name):
+    config = recipe.get_config(name)
+    assert config.model.to_dict() == {**model_config(name).to_dict(), "dtype": "bfloat16"}
+    assert (config.batch_size, config.learning_rate, config.optimizer) == (2048, 0.016, "rmsprop")
+    check_config(config, num_classes=1000)
+
+
+def test_the_configs_build_on_the_packaged_recipe_with_the_same_keys():
+    from configs import b3
+
+    def keys(config, prefix=""):
+        return {f"{prefix}{key}" for key in config} | {
+            nested for key in config if hasattr(config[key], "keys") for nested in keys(config[key], f"{key}.")
+        }
+
+    assert keys(b3.get_config()) == keys(recipe.get_config("efficientnet-x-b3"))
+    assert b3.get_config().to_dict() == recipe.get_config("efficientnet-x-b3").to_dict()
+
+
+def test_the_recipe_names_an_unknown_variant():
+    with pytest.raises(UserError, match=r"unknown model 'efficientnet-x-b9'; registered models: "):
+        recipe.get_config("efficientnet-x-b9")
