@@ -73,8 +73,7 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.slow
-def test_the_command_lines_print_one_error_line(tmp_path, copy_of_trained_run):
-    # A missing config file is reported before JAX is imported.
+def test_a_missing_config_file_is_reported_before_jax_is_imported():
     probe = (
         "import runpy, sys\n"
         "sys.argv = ['train.py', '--config=nope.py', '--workdir=unused']\n"
@@ -84,33 +83,38 @@ def test_the_command_lines_print_one_error_line(tmp_path, copy_of_trained_run):
     result = _command("-c", probe)
     assert _one_error_line(result) == "error: --config=nope.py: config file 'nope.py' does not exist"
     assert result.stdout.strip() == "jax not imported"
-
-    typo = _command("train.py", "--config=configs/quickstart.py", "--config.lerning_rate=0.1", "--workdir=unused")
-    assert _one_error_line(typo) == (
-        "error: --config.lerning_rate: --config has no key 'lerning_rate'; did you mean --config.learning_rate?"
-    )
-    bad_value = _command("train.py", "--config=configs/quickstart.py", "--config.seed=abc", "--workdir=unused")
-    assert _one_error_line(bad_value).startswith("error: flag --config.seed=abc: ")
-
-    (tmp_path / "a_file").write_text("")
-    assert _one_error_line(_command("eval.py", f"--workdir={tmp_path / 'a_file'}")).startswith(
-        f"error: {tmp_path / 'a_file'} holds no weights"
-    )
-    (copy_of_trained_run / "checkpoints" / "6" / "_CHECKPOINT_METADATA").unlink()
-    assert _one_error_line(_command("eval.py", f"--workdir={copy_of_trained_run}", "--step=6")) == (
-        f"error: the checkpoint at step 6 in {copy_of_trained_run / 'checkpoints'} is damaged: "
-        "_CHECKPOINT_METADATA is missing"
-    )
-    broken = tmp_path / "sweep.py"
-    broken.write_text("def get_config(:\n")
-    assert _one_error_line(_command("-m", "effnetx_jax.cli.lacs", f"--config={broken}", f"--workdir={tmp_path}")) == (
-        f"error: --config={broken}: {broken} line 1: invalid syntax"
-    )
     # --traceback (or EFFNETX_TRACEBACK=1) shows where it came from.
     shown = _command("train.py", "--config=nope.py", "--workdir=unused", "--traceback")
     assert shown.returncode == 1 and "Traceback" in shown.stderr
     shown = _command("train.py", "--config=nope.py", "--workdir=unused", env_extra={cli.TRACEBACK_ENV: "1"})
     assert shown.returncode == 1 and "Traceback" in shown.stderr
+
+
+def test_the_command_lines_print_one_error_line(tmp_path, copy_of_trained_run, monkeypatch):
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    monkeypatch.chdir(REPO)
+    assert error_line("train", "--config=configs/quickstart.py", "--config.lerning_rate=0.1", "--workdir=unused") == (
+        "error: --config.lerning_rate: --config has no key 'lerning_rate'; did you mean --config.learning_rate?"
+    )
+    bad_value = error_line("train", "--config=configs/quickstart.py", "--config.seed=abc", "--workdir=unused")
+    assert bad_value.startswith("error: flag --config.seed=abc: ")
+
+    (tmp_path / "a_file").write_text("")
+    assert error_line("eval", f"--workdir={tmp_path / 'a_file'}").startswith(
+        f"error: {tmp_path / 'a_file'} holds no weights"
+    )
+    (copy_of_trained_run / "checkpoints" / "6" / "_CHECKPOINT_METADATA").unlink()
+    assert error_line("eval", f"--workdir={copy_of_trained_run}", "--step=6") == (
+        f"error: the checkpoint at step 6 in {copy_of_trained_run / 'checkpoints'} is damaged: "
+        "_CHECKPOINT_METADATA is missing"
+    )
+    broken = tmp_path / "sweep.py"
+    broken.write_text("def get_config(:\n")
+    assert error_line("lacs", f"--config={broken}", f"--workdir={tmp_path}") == (
+        f"error: --config={broken}: {broken} line 1: invalid syntax"
+    )
+    with pytest.raises(FileNotFoundError):  # --traceback: the exception itself
+        run_tool("eval", f"--workdir={tmp_path / 'a_file'}", "--traceback")
 
 
 @pytest.mark.slow

@@ -5,8 +5,6 @@ mismatch, and the variant preprocessing a converted checkpoint carries."""
 import json
 import re
 import struct
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -19,8 +17,8 @@ from effnetx_jax.weights import convert
 from effnetx_jax.weights.convert import tf_checkpoint, timm_weights
 from effnetx_jax.weights.convert.layout import model_layers
 
-from command_line import error_line
-from conftest import EVERY_BLOCK, REPO, init_variables, tiny_config, tiny_run_config
+from command_line import error_line, run_tool
+from conftest import EVERY_BLOCK, init_variables, tiny_config, tiny_run_config
 
 EMA = "/ExponentialMovingAverage"
 
@@ -146,32 +144,20 @@ def write_config_file(path, config) -> str:
     return str(path)
 
 
-@pytest.mark.slow
-def test_tf_training_checkpoint_round_trip_through_the_command_line(tf_training_checkpoint, tmp_path, monkeypatch):
+def test_tf_training_checkpoint_round_trip_through_the_command_line(
+    tf_training_checkpoint, tmp_path, monkeypatch, capsys
+):
     config, prefix, ema_values = tf_training_checkpoint
     out = tmp_path / "converted"
-    # Run from outside the repository, with a relative --out.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "effnetx_jax.cli.convert",
-            "tf",
-            str(prefix),
-            f"--config={write_config_file(tmp_path / 'config.py', config)}",
-            "--out=converted",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # From outside the repository, with a relative --out (tests/test_wheel.py runs it as its own process).
+    monkeypatch.chdir(tmp_path)
+    config_file = write_config_file(tmp_path / "config.py", config)
+    assert run_tool("convert", "tf", str(prefix), f"--config={config_file}", "--out=converted") is None
+    stdout = capsys.readouterr().out
     names = tf_checkpoint.tf_names(model_layers(config.model), "tiny")
-    assert f"tiny: {len(names)} tensors" in result.stdout and f"({len(names)} of them EMA shadows)" in result.stdout
+    assert f"tiny: {len(names)} tensors" in stdout and f"({len(names)} of them EMA shadows)" in stdout
 
     # The EMA shadows were taken (not the raw weights), in Flax's layout; everything else was dropped.
-    monkeypatch.chdir(tmp_path)
     model, variables = weights.load("converted")
     loaded = flat(jax.tree.map(np.asarray, variables))
     assert loaded.keys() == flat(ema_values).keys()
@@ -406,18 +392,13 @@ def test_a_safetensors_file_of_empty_tensors_is_read(tmp_path):
     assert reader.shapes == {"w": (0, 3)} and reader.read("w").shape == (0, 3)
 
 
-@pytest.mark.slow
 def test_command_line_errors_are_one_line_and_write_nothing(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "effnetx_jax.cli.convert",
-        "tf",
-        str(tmp_path / "nothing"),
-        f"--out={tmp_path / 'out'}",
-    ]
-    result = subprocess.run(
-        [*command, "--model=efficientnet-b0"], cwd=REPO, capture_output=True, text=True, timeout=300
+    out = tmp_path / "out"
+    message = error_line("convert", "tf", str(tmp_path / "nothing"), f"--out={out}", "--model=efficientnet-b0")
+    assert message.startswith("error: cannot read a TF checkpoint at") and not out.exists()
+    message = error_line("convert", "tf", str(tmp_path / "nothing"), f"--out={out}")
+    assert (
+        message
+        == "error: flags model=None, config=None: Exactly one of (model, config) must have a value other than None."
     )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "error: cannot read a TF checkpoint at" in result.stderr and not (tmp_path / "out").exists()
+    assert not out.exists()

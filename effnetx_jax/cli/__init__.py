@@ -162,4 +162,9 @@ def run(
         with one_line_errors(_TRACEBACK.value):
             return main(args)
 
-    app.run(guarded, argv=argv, flags_parser=functools.partial(_parse_flags, config_flags=config_flags))
+    # config_flags finds `--config.KEY` overrides in sys.argv, and a study records its command line from it.
+    program_argv, sys.argv = sys.argv, argv
+    try:
+        app.run(guarded, argv=argv, flags_parser=functools.partial(_parse_flags, config_flags=config_flags))
+    finally:
+        sys.argv = program_argv
