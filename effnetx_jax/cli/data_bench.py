@@ -8,8 +8,6 @@ thread (one core) and with 1 and 2 Grain worker processes, then evaluation (cent
 with one thread. Each measurement skips `--warmup_batches`, then times `--batches` batches.
 `benchmarks/tfdata_preprocess.py` times tf.data doing the reference's preprocessing on the same
 files, for comparison.
-
-Only absl is imported at the top (the entry-point rule in `effnetx_jax.cli`).
 """
 
 from absl import flags

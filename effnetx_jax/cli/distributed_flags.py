@@ -1,7 +1,5 @@
-"""Command-line flags shared by the tools that train (train.py, LACS, search): how processes find each other.
-
-Only absl is imported here (the entry-point rule in effnetx_jax/cli.py).
-"""
+"""The flags of the tools that run on several processes (train, eval, LACS, search): how processes find each
+other. Only absl is imported here (the entry-point rule in `effnetx_jax.cli`)."""
 
 from absl import flags
 
