@@ -5,9 +5,10 @@
   python train.py --config=configs/b2.py:x-tpu --workdir=DIR             # LACS-scaled for TPU (:x-gpu for GPU)
   python train.py --config=configs/b2.py:x,smoke --workdir=runs/b2-smoke  # 20 steps on digits, laptop
 
-Needs ImageNet prepared for TFDS in array_record (`imagenet2012`, see the README) and, at the
+Needs ImageNet prepared for TFDS in array_record (`imagenet2012`, see docs/data.md) and, at the
 recipe's global batch 2048, accelerators whose memory holds it (a TPU pod slice or a multi-GPU
-cluster); with a lower `batch_size` the learning rate scales with it.
+cluster, see docs/multihost.md); with a lower `batch_size` the learning rate scales with it.
+The recipe itself: docs/training.md.
 
 Cost (measured by `effnetx-summary`): EfficientNet-X-B2 9.97M parameters and 2.307B MACs
 per 260x260 image; EfficientNet-B2 9.11M and 0.994B.

@@ -5,9 +5,10 @@
   python train.py --config=configs/b3.py:x-tpu --workdir=DIR             # LACS-scaled for TPU (:x-gpu for GPU)
   python train.py --config=configs/b3.py:x,smoke --workdir=runs/b3-smoke  # 20 steps on digits, laptop
 
-Needs ImageNet prepared for TFDS in array_record (`imagenet2012`, see the README) and, at the
+Needs ImageNet prepared for TFDS in array_record (`imagenet2012`, see docs/data.md) and, at the
 recipe's global batch 2048, accelerators whose memory holds it (a TPU pod slice or a multi-GPU
-cluster); with a lower `batch_size` the learning rate scales with it.
+cluster, see docs/multihost.md); with a lower `batch_size` the learning rate scales with it.
+The recipe itself: docs/training.md.
 
 Cost (measured by `effnetx-summary`): EfficientNet-X-B3 13.29M parameters and 4.334B MACs
 per 300x300 image; EfficientNet-B3 12.23M and 1.827B.

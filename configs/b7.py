@@ -5,9 +5,10 @@
   python train.py --config=configs/b7.py:x-tpu --workdir=DIR             # LACS-scaled for TPU (:x-gpu for GPU)
   python train.py --config=configs/b7.py:x,smoke --workdir=runs/b7-smoke  # 20 steps on digits, laptop
 
-Needs ImageNet prepared for TFDS in array_record (`imagenet2012`, see the README) and, at the
+Needs ImageNet prepared for TFDS in array_record (`imagenet2012`, see docs/data.md) and, at the
 recipe's global batch 2048, accelerators whose memory holds it (a TPU pod slice or a multi-GPU
-cluster); with a lower `batch_size` the learning rate scales with it.
+cluster, see docs/multihost.md); with a lower `batch_size` the learning rate scales with it.
+The recipe itself: docs/training.md.
 
 Cost (measured by `effnetx-summary`): EfficientNet-X-B7 73.16M parameters and 91.787B MACs
 per 600x600 image; EfficientNet-B7 66.35M and 37.746B.

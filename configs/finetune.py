@@ -7,8 +7,14 @@ As written it fine-tunes on the bundled digits dataset on a laptop CPU (64 px, f
 dataset set `--config.dataset=cifar10 --config.eval_split=test --config.model.num_classes=10`, and on an
 accelerator `--config.model.resolution=224 --config.model.dtype=bfloat16` (the weights' resolution).
 `config.init_from` also takes a train.py workdir (its EMA weights). Every variable is loaded except those
-matching `config.init_exclude` (the 1000-class classifier); the optimizer starts fresh.
-Expected result and cost: see the README's "Pretrained weights" section (measured).
+matching `config.init_exclude` (the 1000-class classifier); the optimizer starts fresh (docs/weights.md).
+
+Cost and result (measured on a 2-core CPU with the two commands above): 225 steps in 2 min 47 s, test
+top-1 92.5% (EMA 92.8%). The weights were the conversion of the official graph's *random* initialisation
+with randomised BatchNorm statistics, since no published file was available: this measures the pipeline
+and its cost, not transfer. The same config from the trainer's own initialisation (no `init_from`)
+reaches 96.9% (EMA 96.7%) in 2 min 59 s; with published ImageNet weights fine-tuning should start far
+above both.
 """
 
 from effnetx_jax import recipe
