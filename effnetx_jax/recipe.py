@@ -62,6 +62,9 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     # Devices that share one copy of the parameters, optimizer state and EMA (the mesh's fsdp axis):
     # 1 replicates them on every device; 8 shards each large array 8 ways (for the largest variants).
     config.fsdp_size = 1
+    # Memory against compute (docs/large_scale.md): "none", "blocks" (each block recomputed in the backward
+    # pass) or "full" (the whole forward recomputed); the variables and results are the same.
+    config.remat = "none"
 
     config.data = ml_collections.ConfigDict()
     config.data.num_workers = 8
@@ -87,6 +90,24 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 5000
     config.checkpoint_every_epochs = placeholder(float)
     config.keep_checkpoints = 3
+    return config
+
+
+# Keys added after workdirs were first written: a config.json from before (tests/data/workdir_v0) lacks
+# them, and their recipe values keep such a run doing what it did.
+ADDED_KEYS = ("remat",)
+
+
+def with_added_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config`, or a copy of it with the recipe's value for each of `ADDED_KEYS` it lacks."""
+    missing = [key for key in ADDED_KEYS if key not in config]
+    if not missing:
+        return config
+    defaults = get_config()
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for key in missing:
+            config[key] = defaults[key]
     return config
 
 

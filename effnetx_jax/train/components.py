@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from effnetx_jax import data
+from effnetx_jax import data, recipe
 from effnetx_jax.models import create_model
 from effnetx_jax.train import multihost, optim, sharding
 from effnetx_jax.train.plan import Plan, bn_groups, check_config, make_plan
@@ -55,6 +55,7 @@ class Components:
 
 def build_components(config) -> Components:
     """Checks `config` (raising `UserError` naming the key) before anything is compiled, then builds."""
+    config = recipe.with_added_keys(config)
     info = data.dataset_info(config)  # prepares the bundled digits dataset on first use
     check_config(config, info.num_classes)
     multihost.check_same_config(config)
@@ -68,7 +69,7 @@ def build_components(config) -> Components:
         mesh=mesh,
         batch_sharding=sharding.batch_sharding(mesh),
         replicated=sharding.replicated(mesh),
-        model=create_model(config.model, bn_groups=bn_groups(config)),
+        model=create_model(config.model, bn_groups=bn_groups(config), remat=config.remat),
         tx=tx,
         schedule=schedule,
     )

@@ -9,7 +9,7 @@ import math
 import jax
 
 from effnetx_jax import config_files
-from effnetx_jax.models import architecture
+from effnetx_jax.models import REMAT_MODES, architecture
 
 
 def _positive(value) -> bool:
@@ -93,6 +93,8 @@ def check_config(config, num_classes: int) -> None:
             f"bn_group_size={group!r} must be 0 (statistics over the global batch) or a divisor of the "
             f"{devices} devices",
         )
+    if config.remat not in REMAT_MODES:
+        config_files.fail("remat", f"unknown remat {config.remat!r}; expected one of {', '.join(REMAT_MODES)}")
     _check_recipe(config)
     if config.keep_checkpoints < 1:
         config_files.fail("keep_checkpoints", f"must be >= 1, got {config.keep_checkpoints}")

@@ -1,0 +1,73 @@
+"""Training at scale: rematerialisation, the start-up memory report, gradient accumulation, LARS/LAMB,
+the input-wait fraction and profiling (docs/large_scale.md)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effnetx_jax.errors import UserError
+from effnetx_jax.models import REMAT_MODES, create_model
+from effnetx_jax.models.speed import random_variables
+from effnetx_jax.train import train_and_evaluate
+from effnetx_jax.train.components import build_components
+
+from conftest import EVERY_BLOCK, tiny_config, tiny_run_config
+
+# ---------------------------------------------------------------------------------------------------
+# config.remat
+# ---------------------------------------------------------------------------------------------------
+
+
+def _loss_and_grads(model, variables, images):
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            images,
+            train=True,
+            rngs={"dropout": jax.random.key(1)},
+            mutable=["batch_stats"],
+        )
+        return jnp.mean(logits**2), updates["batch_stats"]
+
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+
+
+# Every block type once (EVERY_BLOCK with one repeat each): a third of its compile time.
+EVERY_BLOCK_ONCE = tuple(block.replace("r2_", "r1_") for block in EVERY_BLOCK)
+
+
+def test_remat_gives_the_same_loss_gradients_and_variables_for_every_block_type():
+    cfg = tiny_config(EVERY_BLOCK_ONCE, dtype="float32", drop_path=0.2)
+    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3), jnp.float32)
+    models = {mode: create_model(cfg, remat=mode) for mode in REMAT_MODES}
+    shapes = {
+        mode: jax.eval_shape(lambda x, m=model: m.init({"params": jax.random.key(0)}, x), images)
+        for mode, model in models.items()
+    }
+    # The same variable tree: a checkpoint written with one setting restores with any other.
+    for mode in REMAT_MODES:
+        assert jax.tree_util.tree_structure(shapes[mode]) == jax.tree_util.tree_structure(shapes["none"]), mode
+        assert jax.tree.map(lambda a, b: a.shape == b.shape, shapes[mode], shapes["none"])
+    variables = random_variables(models["none"], images[:1])  # no initialiser to compile
+    (loss, stats), grads = _loss_and_grads(models["none"], variables, images)
+    for mode in ("blocks", "full"):
+        (other_loss, other_stats), other_grads = _loss_and_grads(models[mode], variables, images)
+        np.testing.assert_allclose(other_loss, loss, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), other_grads, grads)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), other_stats, stats)
+
+
+def test_remat_leaves_the_train_state_unchanged(data_dir):
+    # The train state's shapes (what a checkpoint restores into) do not depend on remat, so a workdir
+    # trained with one setting resumes with another.
+    states = [build_components(tiny_run_config(data_dir, remat=mode)).abstract_state() for mode in REMAT_MODES]
+    for state in states[1:]:
+        assert jax.tree.structure(state) == jax.tree.structure(states[0])
+        assert jax.tree.leaves(state) == jax.tree.leaves(states[0])
+
+
+def test_unknown_remat_is_refused_naming_the_key_before_compiling(data_dir, tmp_path):
+    with pytest.raises(UserError, match=r"config.remat: unknown remat 'some'; expected one of none, blocks, full"):
+        train_and_evaluate(tiny_run_config(data_dir, remat="some"), str(tmp_path))
+    assert not any(tmp_path.iterdir())
