@@ -4,7 +4,8 @@ environment and used from an empty directory outside the checkout, through its c
 The fresh environment sees the dependencies of this one through a path entry (a `.pth` line naming this
 environment's site-packages): installing them again would take minutes and the same wheels. A path entry's
 own `.pth` files are not processed, so this checkout's editable install stays invisible: `effnetx_jax`
-comes only from the wheel, and nothing can read a file of the source tree (checked).
+comes only from the wheel. An audit hook in every process of the fresh environment fails any file opened
+in the source tree (other than the dependencies, where this environment lives inside the checkout).
 """
 
 import json
@@ -26,6 +27,22 @@ from test_convert import tf_training_checkpoint, write_config_file  # noqa: F401
 pytestmark = pytest.mark.slow
 
 PROCESS_TIMEOUT_S = 600
+
+# Installed as a module of the fresh environment, imported by a `.pth` line at every start-up.
+SOURCE_TREE_GUARD = """import os, sys
+
+_REPO, _DEPENDENCIES = {repo!r}, {dependencies!r}
+
+
+def _refuse_the_source_tree(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.realpath(os.fsdecode(args[0]))
+        if path.startswith(_REPO + os.sep) and not path.startswith(_DEPENDENCIES + os.sep):
+            raise RuntimeError("opened a file of the source tree: " + path)
+
+
+sys.addaudithook(_refuse_the_source_tree)
+"""
 
 
 def example_config() -> str:
@@ -55,13 +72,19 @@ def installed(tmp_path_factory) -> pathlib.Path:
         capture_output=True,
         text=True,
     )
-    pathlib.Path(fresh.stdout.strip(), "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    site = pathlib.Path(fresh.stdout.strip())
+    dependencies = sysconfig.get_path("purelib")
+    (site / "dependencies.pth").write_text(dependencies + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", bin_dir / "python", "install", "-q", "--no-deps", wheel],
         check=True,
         capture_output=True,
         timeout=PROCESS_TIMEOUT_S,
     )
+    # After the install, which runs pip from this environment.
+    guard = SOURCE_TREE_GUARD.format(repo=str(REPO.resolve()), dependencies=str(pathlib.Path(dependencies).resolve()))
+    (site / "source_tree_guard.py").write_text(guard)
+    (site / "source_tree_guard.pth").write_text("import source_tree_guard\n")
     return bin_dir
 
 
@@ -91,6 +114,10 @@ def test_the_wheel_works_from_an_empty_directory(installed, tf_training_checkpoi
     assert str(installed.parent) in where and str(REPO) not in where
     missing = run(installed, empty, "python", "-c", "import importlib.util as u; print(u.find_spec('configs'))")
     assert missing.strip() == "None"  # the checkout's configs/ package is out of reach
+    refused = subprocess.run(
+        [installed / "python", "-c", f"open({str(REPO / 'README.md')!r})"], capture_output=True, text=True, check=False
+    )
+    assert "opened a file of the source tree" in refused.stderr  # the guard is on
 
     summary = run(installed, empty, "effnetx-summary", "efficientnet-x-b0")
     assert "params 7,584,104 (7.58M)   MACs 920,421,088 (0.920B)" in summary
