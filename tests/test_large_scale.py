@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effnetx_jax import memory
 from effnetx_jax.errors import UserError
-from effnetx_jax.models import REMAT_MODES, create_model
-from effnetx_jax.models.speed import random_variables
+from effnetx_jax.models import REMAT_MODES, create_model, speed
 from effnetx_jax.train import train_and_evaluate
 from effnetx_jax.train.components import build_components
 
-from conftest import EVERY_BLOCK, tiny_config, tiny_run_config
+from conftest import EVERY_BLOCK, PLUMBING_BLOCKS, tiny_config, tiny_run_config
 
 # ---------------------------------------------------------------------------------------------------
 # config.remat
@@ -49,7 +49,7 @@ def test_remat_gives_the_same_loss_gradients_and_variables_for_every_block_type(
     for mode in REMAT_MODES:
         assert jax.tree_util.tree_structure(shapes[mode]) == jax.tree_util.tree_structure(shapes["none"]), mode
         assert jax.tree.map(lambda a, b: a.shape == b.shape, shapes[mode], shapes["none"])
-    variables = random_variables(models["none"], images[:1])  # no initialiser to compile
+    variables = speed.random_variables(models["none"], images[:1])  # no initialiser to compile
     (loss, stats), grads = _loss_and_grads(models["none"], variables, images)
     for mode in ("blocks", "full"):
         (other_loss, other_stats), other_grads = _loss_and_grads(models[mode], variables, images)
@@ -71,3 +71,56 @@ def test_unknown_remat_is_refused_naming_the_key_before_compiling(data_dir, tmp_
     with pytest.raises(UserError, match=r"config.remat: unknown remat 'some'; expected one of none, blocks, full"):
         train_and_evaluate(tiny_run_config(data_dir, remat="some"), str(tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The memory report
+# ---------------------------------------------------------------------------------------------------
+
+
+class _DeviceWithMemory:
+    def __init__(self, limit):
+        self.limit = limit
+
+    def memory_stats(self):
+        return {"bytes_limit": self.limit}
+
+    def __str__(self):
+        return "gpu:0"
+
+
+def test_memory_estimate_is_reported_against_the_device_memory():
+    compiled = jax.jit(lambda x: x * 2, donate_argnums=0).lower(jnp.ones((256, 1024), jnp.float32)).compile()
+    estimate = memory.MemoryEstimate.of(compiled)
+    assert estimate.argument_bytes == 2**20
+    assert estimate.total_bytes >= 2**20
+    (line,) = memory.report(estimate, [_DeviceWithMemory(2**30)], "step")
+    assert line.startswith("step on gpu:0: 0.001 GiB (arguments 0.001 GiB") and line.endswith("of 1.000 GiB")
+    (line,) = memory.report(estimate, jax.devices()[:1], "step")
+    assert line.endswith("(the backend reports no memory size)")  # the CPU
+    memory.check_fits(estimate, [_DeviceWithMemory(2**30), *jax.devices()], "step", "levers")
+    with pytest.raises(UserError, match=r"^step needs an estimated 0.001 GiB per device but gpu:0 has 0.000 GiB; lev"):
+        memory.check_fits(estimate, [_DeviceWithMemory(1000)], "step", "levers")
+
+
+def test_a_train_step_too_large_for_the_device_stops_before_the_first_step(data_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(memory, "device_bytes", lambda device: 2**20)
+    caplog.set_level("INFO")
+    with pytest.raises(UserError) as stopped:
+        train_and_evaluate(tiny_run_config(data_dir), str(tmp_path))
+    message = str(stopped.value)
+    assert "\n" not in message
+    assert message.startswith("the train step needs an estimated ")
+    for lever in ("config.batch_size", "config.remat=blocks", "config.fsdp_size"):
+        assert lever in message
+    assert "train step memory on " in caplog.text and "of 0.001 GiB" in caplog.text
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_bench_reports_the_memory_its_train_step_is_compiled_to():
+    cfg = tiny_config(PLUMBING_BLOCKS, dtype="float32")
+    result = speed.benchmark(cfg, batch=16, mode="train", steps=1, warmup=0, remat="blocks")
+    assert result["remat"] == "blocks"
+    # The same program from shapes alone (benchmarks/memory_table.py): the same estimate.
+    assert result["memory_bytes"] == speed.train_step_memory(cfg, batch=16, remat="blocks").total_bytes
+    assert speed.train_step_memory(cfg, batch=16).total_bytes > result["memory_bytes"]

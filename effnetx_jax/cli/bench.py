@@ -18,6 +18,10 @@ _BATCH = flags.DEFINE_integer("batch", 32, "Images per step.", lower_bound=1)
 _MODE = flags.DEFINE_enum("mode", "infer", ["infer", "train"], "Inference, or a training step.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _DEPTHWISE = flags.DEFINE_enum("depthwise", "auto", ["auto", "xla", "shifted"], "Depthwise conv implementation.")
+# The values of models.REMAT_MODES, written out: this module imports no JAX before _main (effnetx_jax/cli).
+_REMAT = flags.DEFINE_enum(
+    "remat", "none", ["none", "blocks", "full"], "With --mode train: what the backward pass recomputes (config.remat)."
+)
 _RESOLUTION = flags.DEFINE_integer("resolution", None, "Input size (default: the model's own).", lower_bound=1)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.", lower_bound=0)
@@ -83,6 +87,7 @@ def _main(argv: list[str]) -> None:
             steps=_STEPS.value,
             warmup=_WARMUP.value,
             resolution=_RESOLUTION.value,
+            remat=_REMAT.value,
         )
         results.append({"family": family, **result})
         if _JSON.value:
@@ -92,7 +97,8 @@ def _main(argv: list[str]) -> None:
                 f"{result['name']:<24} {result['mode']:<5} batch {result['batch']:>4} @ {result['resolution']}px "
                 f"{result['dtype']:<8} on {result['device']}: compile {result['compile_s']:.1f} s, "
                 f"step median {result['median_ms']:.1f} ms (min {result['min_ms']:.1f}), "
-                f"{result['images_per_s']:.1f} img/s, {result['gflops']:.2f} GFLOPs/img",
+                f"{result['images_per_s']:.1f} img/s, {result['gflops']:.2f} GFLOPs/img, "
+                f"memory {result['memory_bytes'] / 2**30:.3f} GiB/device",
                 flush=True,
             )
     if _PLOT.value:

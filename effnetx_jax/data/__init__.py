@@ -4,7 +4,7 @@ The digits builder lives in `effnetx_jax.data.digits` and is imported on demand,
 tensorflow_datasets takes seconds.
 """
 
-from effnetx_jax.data.pipeline import DatasetInfo, dataset_info, eval_batches, train_loader
+from effnetx_jax.data.pipeline import DatasetInfo, dataset_info, empty_batch, eval_batches, train_loader
 from effnetx_jax.data.preprocessing import MEAN_RGB, STDDEV_RGB
 from effnetx_jax.data.sources import ensure_prepared
 
@@ -13,6 +13,7 @@ __all__ = [
     "STDDEV_RGB",
     "DatasetInfo",
     "dataset_info",
+    "empty_batch",
     "ensure_prepared",
     "eval_batches",
     "train_loader",

@@ -187,14 +187,19 @@ def _padded(batches, batch_size: int, num_batches: int, image_shape) -> Iterator
         iterator.close()
 
 
-def _pad_batch(batch, batch_size: int, image_shape) -> dict[str, np.ndarray]:
-    """Zero-pads a batch to `batch_size` (`mask` 0 on the padding); None gives an all-masked batch."""
-    padded = {
+def empty_batch(batch_size: int, image_shape) -> dict[str, np.ndarray]:
+    """An all-masked batch of zeros with the keys, dtypes and shapes of every batch the pipelines make."""
+    return {
         "image": np.zeros((batch_size, *image_shape), np.uint8),
         "label": np.zeros(batch_size, np.int32),
         "mask": np.zeros(batch_size, np.float32),
         "skipped": np.zeros(batch_size, np.float32),
     }
+
+
+def _pad_batch(batch, batch_size: int, image_shape) -> dict[str, np.ndarray]:
+    """Zero-pads a batch to `batch_size` (`mask` 0 on the padding); None gives an all-masked batch."""
+    padded = empty_batch(batch_size, image_shape)
     if batch is not None:
         size = len(batch["label"])
         for key, values in padded.items():

@@ -7,6 +7,8 @@ depend on them, and drawing them with the model's own initialisers would compile
 longer to build than the one being measured.
 `train` times forward + backward + BatchNorm statistics update + an SGD parameter update; the
 optimizer of the training recipe adds only elementwise work on the parameters.
+`memory_bytes` is XLA's estimate of the compiled step's memory on one device (`effnetx_jax.memory`);
+`train_step_memory` gives it from shapes alone, compiling without running anything.
 `effnetx-bench` prints these numbers; LACS and the search measure latency with them.
 """
 
@@ -21,7 +23,8 @@ import numpy as np
 import optax
 
 from effnetx_jax.errors import UserError
-from effnetx_jax.models import architecture, costs, create_model
+from effnetx_jax.memory import MemoryEstimate
+from effnetx_jax.models import REMAT_MODES, architecture, costs, create_model
 
 
 def _infer_step(model):
@@ -50,6 +53,29 @@ def _train_step(model):
     return step
 
 
+def _jitted(model, mode: str):
+    if mode == "infer":
+        return jax.jit(_infer_step(model))
+    # Donate the state so the step updates in place, as a training loop would.
+    return jax.jit(_train_step(model), donate_argnums=0)
+
+
+def _variable_shapes(model, image):
+    return jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), image)
+
+
+def train_step_memory(cfg, *, batch: int, remat: str = "none", resolution=None) -> MemoryEstimate:
+    """XLA's per-device memory estimate of `benchmark`'s train step, compiled from shapes alone: nothing
+    is initialised or run, so it works for batches and models that do not fit this machine's memory."""
+    model = create_model(cfg, remat=remat)
+    resolution = resolution or cfg.resolution
+    variables = _variable_shapes(model, jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32))
+    images = jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    rng = jax.eval_shape(lambda: jax.random.key(1))
+    return MemoryEstimate.of(_jitted(model, "train").lower(variables, images, labels, rng).compile())
+
+
 def random_variables(model, image, seed: int = 0) -> dict:
     """Variables of `model` for a batch like `image`, drawn on the host without compiling its initialisers.
 
@@ -58,7 +84,7 @@ def random_variables(model, image, seed: int = 0) -> dict:
     denormals or non-finite values. (Compiling the model's own initialisers takes 17 s for
     EfficientNet-B1 on a 2-core CPU in XLA's quick mode, four times its inference step.)
     """
-    shapes = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), image)
+    shapes = _variable_shapes(model, image)
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
@@ -72,27 +98,27 @@ def random_variables(model, image, seed: int = 0) -> dict:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def benchmark(cfg, *, batch: int, mode: str = "infer", steps: int = 20, warmup: int = 3, resolution=None) -> dict:
-    """Times one model config; returns the numbers `main` prints."""
+def benchmark(
+    cfg, *, batch: int, mode: str = "infer", steps: int = 20, warmup: int = 3, resolution=None, remat: str = "none"
+) -> dict:
+    """Times one model config; returns the numbers `main` prints. `remat` as the trainer's `config.remat`."""
     if mode not in ("infer", "train"):
         raise UserError(f"mode must be 'infer' or 'train', got {mode!r}")
     if batch < 1 or steps < 1 or warmup < 0:
         raise UserError(f"batch and steps must be >= 1 and warmup >= 0, got {batch}, {steps}, {warmup}")
-    model = create_model(cfg)
+    if remat not in REMAT_MODES:
+        raise UserError(f"remat must be one of {', '.join(REMAT_MODES)}, got {remat!r}")
+    model = create_model(cfg, remat=remat)
     resolution = resolution or cfg.resolution
     images = jax.random.normal(jax.random.key(0), (batch, resolution, resolution, 3), jnp.float32)
     variables = jax.device_put(random_variables(model, images[:1]))
     if mode == "infer":
-        fn = jax.jit(_infer_step(model))
         args = (variables, images)
     else:
-        # Donate the state so the step updates in place, as a training loop would.
-        fn = jax.jit(_train_step(model), donate_argnums=0)
-        labels = jnp.zeros((batch,), jnp.int32)
-        args = (variables, images, labels, jax.random.key(1))
+        args = (variables, images, jnp.zeros((batch,), jnp.int32), jax.random.key(1))
 
     start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    compiled = _jitted(model, mode).lower(*args).compile()
     compile_s = time.perf_counter() - start
 
     times = []
@@ -120,4 +146,6 @@ def benchmark(cfg, *, batch: int, mode: str = "infer", steps: int = 20, warmup: 
         "min_ms": round(min(times) * 1e3, 2),
         "images_per_s": round(batch / median, 1),
         "gflops": round(2 * costs.total_macs(architecture(cfg), resolution) / 1e9, 4),
+        "remat": remat,
+        "memory_bytes": MemoryEstimate.of(compiled).total_bytes,
     }

@@ -41,6 +41,16 @@ class Components:
             for key, value in local_batch.items()
         }
 
+    def abstract_batch(self) -> dict:
+        """Shapes, dtypes and shardings of a global training batch, to compile the train step ahead of it."""
+        one = data.empty_batch(1, self.image_shape)
+        return {
+            key: jax.ShapeDtypeStruct(
+                (self.config.batch_size, *value.shape[1:]), value.dtype, sharding=self.batch_sharding
+            )
+            for key, value in one.items()
+        }
+
     def abstract_state(self):
         """Shapes, dtypes and shardings of the train state, computing nothing: a target to restore into."""
         shapes = jax.eval_shape(

@@ -9,7 +9,7 @@ import jax
 from absl import logging
 from clu import parameter_overview, periodic_actions
 
-from effnetx_jax import data
+from effnetx_jax import data, memory
 from effnetx_jax.train import init_from, multihost, workdir_lock
 from effnetx_jax.train.checkpoints import Checkpoints
 from effnetx_jax.train.components import build_components
@@ -71,6 +71,33 @@ def _resume_or_start(components, checkpoints: Checkpoints):
     return resumed, pretrained
 
 
+# What a user can change when a train step does not fit a device.
+_MEMORY_LEVERS = (
+    "lower config.batch_size (config.grad_accum_steps keeps the global batch), set config.remat=blocks, "
+    "or shard the parameters over more devices with config.fsdp_size"
+)
+
+
+def _compiled_train_step(components, state, state_sharding, rng):
+    """The train step compiled ahead of the first batch, so its memory is known (and logged) before the
+    first step; a step that cannot fit a device stops the run here."""
+    compiled = (
+        jax.jit(
+            make_train_step(components.model, components.tx, components.schedule, components.config),
+            in_shardings=(state_sharding, components.batch_sharding, components.replicated),
+            out_shardings=(state_sharding, components.replicated),
+            donate_argnums=0,
+        )
+        .lower(state, components.abstract_batch(), rng)
+        .compile()
+    )
+    estimate = memory.MemoryEstimate.of(compiled)
+    for line in memory.report(estimate, jax.local_devices(), "train step memory"):
+        logging.info("%s", line)
+    memory.check_fits(estimate, jax.local_devices(), "the train step", _MEMORY_LEVERS)
+    return compiled
+
+
 def _train(components, workdir: str) -> dict:
     config, plan = components.config, components.plan
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
@@ -108,12 +135,7 @@ def _train(components, workdir: str) -> dict:
             )
         parameter_overview.log_parameter_overview(state.params)
 
-    train_step = jax.jit(
-        make_train_step(components.model, components.tx, components.schedule, config),
-        in_shardings=(state_sharding, components.batch_sharding, components.replicated),
-        out_shardings=(state_sharding, components.replicated),
-        donate_argnums=0,
-    )
+    train_step = _compiled_train_step(components, state, state_sharding, train_rng)
     evaluate = make_evaluator(components, state_sharding)
 
     log = MetricsLog(workdir)
