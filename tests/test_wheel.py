@@ -104,6 +104,7 @@ def run(bin_dir: pathlib.Path, cwd: pathlib.Path, *command: str, tfds_dir: pathl
         timeout=PROCESS_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    print(f"$ {' '.join(map(str, command))}\n{result.stdout}")  # pytest -rP shows what a user would see
     return result.stdout
 
 
