@@ -239,3 +239,15 @@ def test_the_configs_build_on_the_packaged_recipe_with_the_same_keys():
 def test_the_recipe_names_an_unknown_variant():
     with pytest.raises(UserError, match=r"unknown model 'efficientnet-x-b9'; registered models: "):
         recipe.get_config("efficientnet-x-b9")
+
+
+def test_the_public_api_keeps_its_documented_names():
+    import effnetx_jax
+    from effnetx_jax import models, train, weights
+
+    assert sorted(effnetx_jax.__all__) == ["create_model", "load", "model_config", "train_and_evaluate"]
+    assert effnetx_jax.load is weights.load and effnetx_jax.create_model is models.create_model
+    assert effnetx_jax.model_config is models.model_config
+    assert effnetx_jax.train_and_evaluate is train.train_and_evaluate
+    with pytest.raises(AttributeError, match="has no attribute 'lod'"):
+        effnetx_jax.lod  # noqa: B018
