@@ -65,6 +65,8 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     # Memory against compute (docs/large_scale.md): "none", "blocks" (each block recomputed in the backward
     # pass) or "full" (the whole forward recomputed); the variables and results are the same.
     config.remat = "none"
+    # Micro-batches per step: the global batch's gradient is summed over this many in turn, then applied once.
+    config.grad_accum_steps = 1
 
     config.data = ml_collections.ConfigDict()
     config.data.num_workers = 8
@@ -95,7 +97,7 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
 
 # Keys added after workdirs were first written: a config.json from before (tests/data/workdir_v0) lacks
 # them, and their recipe values keep such a run doing what it did.
-ADDED_KEYS = ("remat",)
+ADDED_KEYS = ("remat", "grad_accum_steps")
 
 
 def with_added_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,6 +1,7 @@
 """Training at scale: rematerialisation, the start-up memory report, gradient accumulation, LARS/LAMB,
 the input-wait fraction and profiling (docs/large_scale.md)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,3 +125,56 @@ def test_bench_reports_the_memory_its_train_step_is_compiled_to():
     # The same program from shapes alone (benchmarks/memory_table.py): the same estimate.
     assert result["memory_bytes"] == speed.train_step_memory(cfg, batch=16, remat="blocks").total_bytes
     assert speed.train_step_memory(cfg, batch=16).total_bytes > result["memory_bytes"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# config.grad_accum_steps
+# ---------------------------------------------------------------------------------------------------
+
+
+class _LinearClassifier(nn.Module):
+    """No BatchNorm and no dropout: its gradient over a batch is the same however the batch is split."""
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        self.variable("batch_stats", "unused", jnp.zeros, ())  # the train step expects the collection
+        return nn.Dense(10)(images.reshape(images.shape[0], -1))
+
+
+def _one_step(config, batch):
+    from effnetx_jax.train import optim, sharding
+    from effnetx_jax.train.state import create_train_state
+    from effnetx_jax.train.steps import make_train_step
+
+    model = _LinearClassifier()
+    tx, schedule = optim.create_optimizer(config, steps_per_epoch=10.0, total_steps=100)
+    state, _ = create_train_state(model, tx, jax.random.key(0), (32, 32, 3), sharding.make_mesh(1))
+    return jax.jit(make_train_step(model, tx, schedule, config))(state, batch, jax.random.key(1))
+
+
+def test_accumulated_micro_batches_give_the_update_of_the_whole_batch(data_dir):
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (16, 32, 32, 3), np.uint8),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+        "mask": np.array([1.0] * 13 + [0.0] * 3, np.float32),  # padding counts nowhere
+        "skipped": np.zeros(16, np.float32),
+    }
+    whole, whole_metrics = _one_step(tiny_run_config(data_dir, warmup_epochs=0.0), batch)
+    accumulated, metrics = _one_step(tiny_run_config(data_dir, warmup_epochs=0.0, grad_accum_steps=4), batch)
+    assert int(accumulated.step) == 1  # one update, one learning rate, one EMA step
+    for name in ("params", "opt_state", "ema_params"):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
+            getattr(accumulated, name),
+            getattr(whole, name),
+        )
+    for key, value in whole_metrics.compute().items():
+        np.testing.assert_allclose(metrics.compute()[key], value, rtol=1e-6, err_msg=key)
+
+
+def test_a_batch_that_does_not_split_into_the_micro_batches_is_refused(data_dir, tmp_path):
+    with pytest.raises(UserError, match=r"config.batch_size: batch_size=16 does not split into grad_accum_steps=3"):
+        train_and_evaluate(tiny_run_config(data_dir, grad_accum_steps=3), str(tmp_path))
+    with pytest.raises(UserError, match=r"config.grad_accum_steps: must be a positive integer"):
+        train_and_evaluate(tiny_run_config(data_dir, grad_accum_steps=0), str(tmp_path))

@@ -93,6 +93,15 @@ def check_config(config, num_classes: int) -> None:
             f"bn_group_size={group!r} must be 0 (statistics over the global batch) or a divisor of the "
             f"{devices} devices",
         )
+    accum = config.grad_accum_steps
+    if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
+        config_files.fail("grad_accum_steps", f"must be a positive integer (1: no accumulation), got {accum!r}")
+    if config.batch_size % (accum * devices):
+        config_files.fail(
+            "batch_size",
+            f"batch_size={config.batch_size} does not split into grad_accum_steps={accum} micro-batches of a "
+            f"multiple of the {devices} devices; use a multiple of {accum * devices}",
+        )
     if config.remat not in REMAT_MODES:
         config_files.fail("remat", f"unknown remat {config.remat!r}; expected one of {', '.join(REMAT_MODES)}")
     _check_recipe(config)

@@ -74,8 +74,65 @@ def _top_k_correct(logits, labels, k: int):
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
+def _micro_batches(values, count: int):
+    """[B, ...] -> [count, B / count, ...], micro-batch k holding examples k, k + count, ...: each device's
+    contiguous share of the batch holds an equal share of every micro-batch, so splitting moves no data."""
+    return jnp.swapaxes(values.reshape(values.shape[0] // count, count, *values.shape[1:]), 0, 1)
+
+
+def _whole_batch(values):
+    """The inverse of `_micro_batches`: [count, B / count, ...] -> [B, ...] in the batch's order."""
+    return jnp.swapaxes(values, 0, 1).reshape(-1, *values.shape[2:])
+
+
 def make_train_step(model, tx, schedule, config):
+    """The train step: one optimizer update (step count, learning rate and EMA advance once) from the
+    gradient of the whole batch, computed in `config.grad_accum_steps` micro-batches one after the other.
+
+    Each micro-batch's loss is its share of the batch's: its examples' cross-entropy summed and divided
+    by the batch's example count, plus 1/K of the weight decay, so the summed gradients are the batch's.
+    BatchNorm normalises each micro-batch with its own statistics and updates its running averages once
+    per micro-batch (K times per step), as K smaller steps would.
+    """
     num_classes = config.model.num_classes
+    accum = config.grad_accum_steps
+    weight_decay = config.weight_decay / accum
+
+    def loss_fn(params, batch_stats, images, targets, mask, examples, dropout_rng, decay_mask):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            images,
+            train=True,
+            rngs={"dropout": dropout_rng},
+            mutable=["batch_stats"],
+        )
+        per_example = optax.softmax_cross_entropy(logits, targets)
+        cross_entropy = jnp.sum(mask * per_example) / examples
+        loss = cross_entropy + weight_decay * optim.l2_penalty(params, decay_mask)
+        return loss, (cross_entropy, logits, updates["batch_stats"])
+
+    loss_and_grads = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def batch_loss_and_grads(params, batch_stats, images, targets, mask, dropout_rng, decay_mask):
+        examples = jnp.maximum(jnp.sum(mask), 1.0)
+        if accum == 1:
+            return loss_and_grads(params, batch_stats, images, targets, mask, examples, dropout_rng, decay_mask)
+
+        def micro_step(carry, micro):
+            batch_stats, loss, cross_entropy, grads = carry
+            index, images, targets, mask = micro
+            rng = jax.random.fold_in(dropout_rng, index)
+            (micro_loss, (micro_cross_entropy, logits, batch_stats)), micro_grads = loss_and_grads(
+                params, batch_stats, images, targets, mask, examples, rng, decay_mask
+            )
+            summed = (loss + micro_loss, cross_entropy + micro_cross_entropy, jax.tree.map(jnp.add, grads, micro_grads))
+            return (batch_stats, *summed), logits
+
+        zero = jnp.zeros((), jnp.float32)
+        carry = (batch_stats, zero, zero, jax.tree.map(jnp.zeros_like, params))
+        micro = (jnp.arange(accum), *(_micro_batches(values, accum) for values in (images, targets, mask)))
+        (batch_stats, loss, cross_entropy, grads), logits = jax.lax.scan(micro_step, carry, micro)
+        return (loss, (cross_entropy, _whole_batch(logits), batch_stats)), grads
 
     def train_step(state: TrainState, batch, rng):
         dropout_rng, mix_rng = jax.random.split(jax.random.fold_in(rng, state.step))
@@ -90,21 +147,9 @@ def make_train_step(model, tx, schedule, config):
             cutmix_alpha=config.data.cutmix_alpha,
         )
         mask = batch["mask"]
-
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                images,
-                train=True,
-                rngs={"dropout": dropout_rng},
-                mutable=["batch_stats"],
-            )
-            per_example = optax.softmax_cross_entropy(logits, targets)
-            cross_entropy = jnp.sum(mask * per_example) / jnp.maximum(jnp.sum(mask), 1.0)
-            loss = cross_entropy + config.weight_decay * optim.l2_penalty(params, decay_mask)
-            return loss, (cross_entropy, logits, updates["batch_stats"])
-
-        (loss, (cross_entropy, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (cross_entropy, logits, batch_stats)), grads = batch_loss_and_grads(
+            state.params, state.batch_stats, images, targets, mask, dropout_rng, decay_mask
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         step = state.step + 1
