@@ -45,12 +45,14 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     config.total_epochs = 350.0
 
     # TF1 RMSPropOptimizer: ms initialised to 1, eps inside the sqrt, lr inside the momentum.
-    config.optimizer = "rmsprop"  # or "momentum", "sgd" (plain), "adam"
+    config.optimizer = "rmsprop"  # or "momentum", "sgd" (plain), "adam", "lars", "lamb" (docs/large_scale.md)
     config.rmsprop_decay = 0.9
     config.momentum = 0.9
     config.rmsprop_epsilon = 1e-3
+    config.trust_coefficient = 0.001  # LARS's eta: the trust ratio is eta * ||w|| / ||update||
     config.learning_rate = 0.016  # per 256 images, scaled by batch_size / 256
-    config.lr_schedule = "exponential"  # or "cosine", "constant"
+    config.lr_schedule = "exponential"  # or "cosine", "constant", "polynomial"
+    config.lr_polynomial_power = 2.0  # "polynomial": peak * (1 - step / total_steps) ** power
     config.warmup_epochs = 5.0
     config.lr_decay_factor = 0.97
     config.lr_decay_epochs = 2.4
@@ -97,7 +99,7 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
 
 # Keys added after workdirs were first written: a config.json from before (tests/data/workdir_v0) lacks
 # them, and their recipe values keep such a run doing what it did.
-ADDED_KEYS = ("remat", "grad_accum_steps")
+ADDED_KEYS = ("remat", "grad_accum_steps", "trust_coefficient", "lr_polynomial_power")
 
 
 def with_added_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -178,3 +178,77 @@ def test_a_batch_that_does_not_split_into_the_micro_batches_is_refused(data_dir,
         train_and_evaluate(tiny_run_config(data_dir, grad_accum_steps=3), str(tmp_path))
     with pytest.raises(UserError, match=r"config.grad_accum_steps: must be a positive integer"):
         train_and_evaluate(tiny_run_config(data_dir, grad_accum_steps=0), str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------
+# LARS and LAMB
+# ---------------------------------------------------------------------------------------------------
+
+# A parameter tree with each kind of leaf the masks tell apart: a kernel (decayed, trust ratio), a bias
+# (decayed, no trust ratio) and BatchNorm's scale and bias (neither).
+_PARAMS = {
+    "stem_conv": {"kernel": np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)},
+    "stem_bn": {"scale": np.array([1.0, 0.5], np.float32), "bias": np.array([0.1, -0.2], np.float32)},
+    "classifier": {"bias": np.array([0.3, -0.4], np.float32)},
+}
+_GRADS = {
+    "stem_conv": {"kernel": np.array([[0.1, 0.2], [-0.3, 0.05]], np.float32)},
+    "stem_bn": {"scale": np.array([0.02, -0.01], np.float32), "bias": np.array([0.5, 0.25], np.float32)},
+    "classifier": {"bias": np.array([-0.06, 0.08], np.float32)},
+}
+_DECAYED = {("stem_conv", "kernel"), ("classifier", "bias")}
+_TRUSTED = {("stem_conv", "kernel")}
+
+
+def _large_batch_step(name):
+    from effnetx_jax import recipe
+    from effnetx_jax.train import optim
+
+    config = recipe.get_config()
+    config.update(optimizer=name, lr_schedule="constant", warmup_epochs=0.0, learning_rate=0.1, batch_size=512)
+    config.weight_decay = 0.01
+    tx, schedule = optim.create_optimizer(config, steps_per_epoch=10.0, total_steps=100)
+    assert optim.loss_weight_decay(config) == 0.0  # decayed by the optimizer, not in the loss
+    params = jax.tree.map(jnp.asarray, _PARAMS)
+    updates, _ = tx.update(jax.tree.map(jnp.asarray, _GRADS), tx.init(params), params)
+    return updates, float(schedule(0)), config
+
+
+def _by_hand(update_direction, lr, config):
+    """-lr * trust ratio * (direction + weight decay), leaf by leaf, with the papers' masks."""
+    expected = {}
+    for module, leaves in _PARAMS.items():
+        for leaf, w in leaves.items():
+            u = update_direction(_GRADS[module][leaf]).astype(np.float64)
+            if (module, leaf) in _DECAYED:
+                u = u + config.weight_decay * w
+            ratio = np.linalg.norm(w) / np.linalg.norm(u) if (module, leaf) in _TRUSTED else 1.0
+            expected.setdefault(module, {})[leaf] = -lr * ratio * u
+    return expected
+
+
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_one_large_batch_optimizer_step_is_the_hand_computed_one(name):
+    updates, lr, config = _large_batch_step(name)
+    assert lr == pytest.approx(0.2)  # 0.1 per 256 images at batch 512
+    if name == "lars":
+        # eta * ||w|| / ||g + wd w||, then a momentum that starts at 0: the first step is the scaled update.
+        expected = _by_hand(lambda g: g, lr, config)
+        expected["stem_conv"]["kernel"] *= config.trust_coefficient
+    else:
+        # Adam's bias-corrected first step is g / (|g| + eps), with optax's eps 1e-6, to float32's rounding of
+        # the bias corrections: 1 - 0.999 is 1.00005e-3 in float32 and 1 - b2 is rounded otherwise.
+        expected = _by_hand(lambda g: g / (np.abs(g) + 1e-6), lr, config)
+    rtol = 1e-6 if name == "lars" else 1e-4
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol), updates, expected)
+
+
+def test_polynomial_schedule_decays_from_the_peak_to_zero():
+    from effnetx_jax import recipe
+    from effnetx_jax.train import optim
+
+    config = recipe.get_config()
+    config.update(lr_schedule="polynomial", warmup_epochs=0.0, learning_rate=0.256, batch_size=256)
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch=10.0, total_steps=100)
+    for step, expected in ((0, 0.256), (50, 0.256 * 0.25), (100, 0.0), (120, 0.0)):
+        assert float(schedule(step)) == pytest.approx(expected, abs=1e-7), step

@@ -257,8 +257,8 @@ def test_sgd_is_plain_gradient_descent():
 
 
 def test_unknown_optimizer_is_named():
-    with pytest.raises(ValueError, match=r"config\.optimizer: unknown optimizer 'lamb'; expected one of adam"):
-        create_optimizer(recipe_config(optimizer="lamb"), 10, 100)
+    with pytest.raises(ValueError, match=r"config\.optimizer: unknown optimizer 'adagrad'; expected one of adam"):
+        create_optimizer(recipe_config(optimizer="adagrad"), 10, 100)
 
 
 # ---------------------------------------------------------------------------------------------------

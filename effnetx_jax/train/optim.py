@@ -1,5 +1,6 @@
 """The official EfficientNet optimisation recipe (reference section 6): TF1 RMSprop, the learning-rate
-schedule of `utils.build_learning_rate`, L2 weight decay on non-BatchNorm weights and the EMA of weights.
+schedule of `utils.build_learning_rate`, L2 weight decay on non-BatchNorm weights and the EMA of weights;
+and the large-batch optimizers LARS and LAMB (docs/large_scale.md).
 
 Everything here is a pure function of arrays, so it runs inside the jitted train step unchanged.
 """
@@ -14,9 +15,12 @@ import optax
 
 from effnetx_jax import config_files
 
-LR_SCHEDULES = ("constant", "cosine", "exponential")
-# The names of the official `--optimizer` flag, plus adam.
-OPTIMIZERS = ("adam", "momentum", "rmsprop", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "exponential", "polynomial")
+# The names of the official `--optimizer` flag, plus adam and the large-batch optimizers.
+OPTIMIZERS = ("adam", "lamb", "lars", "momentum", "rmsprop", "sgd")
+# The optimizers that apply `config.weight_decay` themselves, inside the trust ratio, as their papers do;
+# for the others the trainer adds it to the loss as an L2 penalty (TF's way).
+DECAYING_OPTIMIZERS = ("lamb", "lars")
 
 # TF decays every trainable variable whose name lacks 'batch_normalization'; our BN modules are `*_bn`.
 BATCH_NORM_SUFFIX = "_bn"
@@ -71,7 +75,8 @@ def create_optimizer(
     'rmsprop' is the official one (`config.rmsprop_decay`, `config.momentum`, `config.rmsprop_epsilon`);
     'momentum' is heavy-ball momentum (`config.momentum`, TF's `MomentumOptimizer`), 'sgd' plain
     gradient descent (TF's `GradientDescentOptimizer`), as the official flag names them; 'adam' uses
-    optax's defaults. Weight decay is not part of the optimizer: the trainer adds it to the loss (`l2_penalty`).
+    optax's defaults. For these the weight decay is not part of the optimizer: the trainer adds it to the
+    loss (`l2_penalty`, `loss_weight_decay`). 'lars' and 'lamb' (`large_batch_optimizer`) decay themselves.
     """
     schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
     name = config.optimizer
@@ -83,9 +88,43 @@ def create_optimizer(
         tx = optax.sgd(schedule)
     elif name == "adam":
         tx = optax.adam(schedule)
+    elif name in DECAYING_OPTIMIZERS:
+        tx = large_batch_optimizer(name, schedule, config)
     else:
         config_files.fail("optimizer", f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
     return tx, schedule
+
+
+def large_batch_optimizer(name: str, schedule: optax.Schedule, config) -> optax.GradientTransformation:
+    """LARS (You et al. 2017, arXiv:1708.03888) or LAMB (You et al. 2019, arXiv:1904.00962).
+
+    Both add `config.weight_decay * w` to each update on the recipe's decayed weights (`weight_decay_mask`)
+    and scale each array's update by its trust ratio, ||w|| / ||update||, except for BatchNorm parameters
+    and biases (`trust_ratio_mask`), which take the plain update, as in the papers' ImageNet recipes.
+    LARS is `optax.lars` (trust coefficient `config.trust_coefficient`, momentum `config.momentum`, the
+    learning rate applied before the momentum); LAMB is `optax.lamb`'s chain (Adam with optax's defaults,
+    then the decay, trust ratio and rate) with the trust ratio masked, which `optax.lamb` does not offer.
+    """
+    if name == "lars":
+        return optax.lars(
+            schedule,
+            weight_decay=config.weight_decay,
+            weight_decay_mask=weight_decay_mask,
+            trust_coefficient=config.trust_coefficient,
+            trust_ratio_mask=trust_ratio_mask,
+            momentum=config.momentum,
+        )
+    return optax.chain(
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
+        optax.masked(optax.scale_by_trust_ratio(), trust_ratio_mask),
+        optax.scale_by_learning_rate(schedule),
+    )
+
+
+def loss_weight_decay(config) -> float:
+    """The weight of the loss's L2 penalty: `config.weight_decay`, or 0 for an optimizer that decays itself."""
+    return 0.0 if config.optimizer in DECAYING_OPTIMIZERS else config.weight_decay
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -100,6 +139,7 @@ def learning_rate_schedule(config, steps_per_epoch: float, total_steps: int) -> 
     decay, always counted from step 0 (warm-up does not delay it):
       exponential: peak * lr_decay_factor ** floor(step / (lr_decay_epochs * steps_per_epoch))
       cosine:      0.5 * peak * (1 + cos(pi * step / total_steps))
+      polynomial:  peak * (1 - step / total_steps) ** lr_polynomial_power (LARS's "poly" policy)
       constant:    peak
     For step < int(warmup_epochs * steps_per_epoch) the rate is instead peak * step / warmup_steps
     (linear from 0). As in TF, the arithmetic is float32 and `steps_per_epoch` may be fractional
@@ -128,6 +168,10 @@ def _decay_schedule(config, peak: float, steps_per_epoch: float, total_steps: in
         return lambda step: peak * factor ** jnp.floor(_as_float(step) / decay_steps)
     if name == "cosine":
         return lambda step: 0.5 * peak * (1.0 + jnp.cos(math.pi * _as_float(step) / jnp.float32(total_steps)))
+    if name == "polynomial":
+        power = jnp.float32(config.lr_polynomial_power)
+        # Held at 0 past total_steps (a run continued beyond its plan), where the base would turn negative.
+        return lambda step: peak * (1.0 - jnp.minimum(_as_float(step) / jnp.float32(total_steps), 1.0)) ** power
     if name == "constant":
         return lambda step: jnp.asarray(peak, jnp.float32)
     config_files.fail("lr_schedule", f"unknown schedule {name!r}; expected one of {', '.join(LR_SCHEDULES)}")
@@ -148,6 +192,13 @@ def weight_decay_mask(params):
     Like TF's name filter this keeps SE biases, the classifier bias and depthwise kernels.
     """
     return jax.tree_util.tree_map_with_path(lambda path, _: not _in_batch_norm(path), params)
+
+
+def trust_ratio_mask(params):
+    """True for every parameter that LARS and LAMB scale by its trust ratio: all but BatchNorm's and biases."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not _in_batch_norm(path) and _key_name(path[-1]) != "bias", params
+    )
 
 
 def _in_batch_norm(path) -> bool:

@@ -121,6 +121,8 @@ _RECIPE_RANGES = (
     ("momentum", 0.0, 1.0, True, False),
     ("rmsprop_decay", 0.0, 1.0, True, False),
     ("rmsprop_epsilon", 0.0, math.inf, False, False),
+    ("trust_coefficient", 0.0, math.inf, False, False),
+    ("lr_polynomial_power", 0.0, math.inf, False, False),
     ("warmup_epochs", 0.0, math.inf, True, False),
     # A factor above 1 would grow the rate every lr_decay_epochs; 0 would stop training after the first.
     ("lr_decay_factor", 0.0, 1.0, False, True),

@@ -90,13 +90,13 @@ def make_train_step(model, tx, schedule, config):
     gradient of the whole batch, computed in `config.grad_accum_steps` micro-batches one after the other.
 
     Each micro-batch's loss is its share of the batch's: its examples' cross-entropy summed and divided
-    by the batch's example count, plus 1/K of the weight decay, so the summed gradients are the batch's.
+    by the batch's example count, plus 1/K of the L2 penalty, so the summed gradients are the batch's.
     BatchNorm normalises each micro-batch with its own statistics and updates its running averages once
     per micro-batch (K times per step), as K smaller steps would.
     """
     num_classes = config.model.num_classes
     accum = config.grad_accum_steps
-    weight_decay = config.weight_decay / accum
+    weight_decay = optim.loss_weight_decay(config) / accum
 
     def loss_fn(params, batch_stats, images, targets, mask, examples, dropout_rng, decay_mask):
         logits, updates = model.apply(
