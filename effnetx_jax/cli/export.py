@@ -1,5 +1,5 @@
-"""`effnetx-export --workdir=DIR --out=OUT --format=stablehlo|savedmodel` (or `python -m effnetx_jax.cli.export`):
-a model to serve, with its weights inside (`effnetx_jax.weights.export` describes both formats).
+"""`effnetx-export --workdir=DIR --out=OUT --format=stablehlo|savedmodel|onnx` (or `python -m effnetx_jax.cli.export`):
+a model to serve, with its weights inside (`effnetx_jax.weights.export` describes the formats).
 """
 
 import os
@@ -17,15 +17,20 @@ _OUT = flags.DEFINE_string(
     "files of other origin in it are never replaced.",
 )
 _FORMAT = flags.DEFINE_enum(
-    "format", "stablehlo", ["stablehlo", "savedmodel"], "stablehlo (jax.export) or savedmodel (TF, via jax2tf)."
+    "format",
+    "stablehlo",
+    ["stablehlo", "savedmodel", "onnx"],
+    "stablehlo (jax.export), savedmodel (TF, via jax2tf) or onnx (for ONNX Runtime; pip install 'effnetx_jax[onnx]').",
 )
 _PLATFORMS = flags.DEFINE_list(
-    "platforms", ["cpu", "cuda", "tpu"], "Platforms the artifact runs on: cpu, cuda, rocm, tpu."
+    "platforms",
+    ["cpu", "cuda", "tpu"],
+    "Platforms the artifact runs on: cpu, cuda, rocm, tpu (stablehlo and savedmodel; not onnx).",
 )
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite",
     False,
-    "Replace the export already in --out: the files its signature.json lists (of either format) are removed "
+    "Replace the export already in --out: the files its signature.json lists (of any format) are removed "
     "first; nothing else in --out is touched.",
 )
 flags.mark_flag_as_required("out")
@@ -37,16 +42,25 @@ def _main(argv: list[str]) -> None:
 
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    options = {"platforms": _PLATFORMS.value}
+    if _FORMAT.value == "onnx":
+        # The file names no platform: it runs wherever ONNX Runtime does, on the execution provider its session picks.
+        if flags.FLAGS["platforms"].present:
+            raise UserError(
+                "--platforms is for stablehlo and savedmodel; an onnx export runs wherever ONNX Runtime does"
+            )
+        options = {}
     paths = EXPORTERS[_FORMAT.value](
         weights_flags.WORKDIR.value,
         _OUT.value,
         weights=weights_flags.WEIGHTS.value,
         step=weights_flags.STEP.value,
-        platforms=_PLATFORMS.value,
         overwrite=_OVERWRITE.value,
+        **options,
     )
     total = sum(os.path.getsize(path) for path in paths)
-    print(f"{_FORMAT.value} export of {weights_flags.WORKDIR.value} for {', '.join(_PLATFORMS.value)}:")
+    where = f" for {', '.join(options['platforms'])}" if options else ""
+    print(f"{_FORMAT.value} export of {weights_flags.WORKDIR.value}{where}:")
     for path in paths:
         print(f"  {path}  {os.path.getsize(path):,} bytes")
     print(f"  total {total:,} bytes", flush=True)

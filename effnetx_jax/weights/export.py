@@ -10,8 +10,10 @@ one artifact serves every batch size. The weights are inside the artifact.
   `jax.export.deserialize(bytes).call(images)` runs it in JAX.
 - `savedmodel`: a TF SavedModel in OUT (jax2tf) whose `serving_default` signature maps `images` to
   `logits`, for TF Serving, TFLite converters and the like.
+- `onnx`: `OUT/model.onnx` (opset 17, NCHW inside, BatchNorm folded into the convs) for ONNX Runtime;
+  needs the optional extra `effnetx_jax[onnx]` (`effnetx_jax.weights.onnx`).
 
-Both write `OUT/signature.json`: input and output shapes, normalisation, resolution, class names,
+All write `OUT/signature.json`: input and output shapes, normalisation, resolution, class names,
 and `files`, the files the export wrote. An OUT that already holds an export is refused unless
 `overwrite`; with it, the earlier export's files (those its signature.json lists, whatever their
 format) are removed before the new ones are written, and nothing else in OUT is touched. Files in OUT
@@ -30,6 +32,7 @@ from effnetx_jax.errors import UserError
 from effnetx_jax.weights import predict
 
 EXPORT_FILE = "model.jax_export"
+ONNX_FILE = "model.onnx"
 SIGNATURE_FILE = "signature.json"
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -38,6 +41,7 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 TOP_LEVEL_NAMES = {
     "stablehlo": (EXPORT_FILE,),
     "savedmodel": ("saved_model.pb", "fingerprint.pb", "variables", "assets"),
+    "onnx": (ONNX_FILE,),
 }
 
 
@@ -225,7 +229,8 @@ def _write_signature(out: str, config, export_format: str, platforms, source: di
         "model": config.model.name,
         "format": export_format,
         **artifact,
-        "platforms": list(platforms),
+        # Where the artifact may run; an ONNX file runs wherever ONNX Runtime does (None: not written).
+        **({"platforms": list(platforms)} if platforms is not None else {}),
         "inputs": {INPUT_NAME: {"shape": ["batch", resolution, resolution, 3], "dtype": "float32"}},
         "outputs": {OUTPUT_NAME: {"shape": ["batch", num_classes], "dtype": "float32"}},
         "resolution": resolution,
@@ -250,4 +255,12 @@ def _write_signature(out: str, config, export_format: str, platforms, source: di
     return path
 
 
-EXPORTERS = {"stablehlo": export_stablehlo, "savedmodel": export_savedmodel}
+def export_onnx(directory: str, out: str, *, weights: str = "ema", step: int | None = None, overwrite: bool = False):
+    """`effnetx_jax.weights.onnx.export_onnx`: `out/model.onnx` for ONNX Runtime (imported here on use, as it
+    needs the optional onnx package)."""
+    from effnetx_jax.weights import onnx
+
+    return onnx.export_onnx(directory, out, weights=weights, step=step, overwrite=overwrite)
+
+
+EXPORTERS = {"stablehlo": export_stablehlo, "savedmodel": export_savedmodel, "onnx": export_onnx}
