@@ -94,12 +94,14 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 5000
     config.checkpoint_every_epochs = placeholder(float)
     config.keep_checkpoints = 3
+    # (first, last): a jax.profiler trace of those training steps under workdir/profile/; () for none.
+    config.profile_steps = ()
     return config
 
 
 # Keys added after workdirs were first written: a config.json from before (tests/data/workdir_v0) lacks
 # them, and their recipe values keep such a run doing what it did.
-ADDED_KEYS = ("remat", "grad_accum_steps", "trust_coefficient", "lr_polynomial_power")
+ADDED_KEYS = ("remat", "grad_accum_steps", "trust_coefficient", "lr_polynomial_power", "profile_steps")
 
 
 def with_added_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

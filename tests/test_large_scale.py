@@ -13,7 +13,7 @@ from effnetx_jax.models import REMAT_MODES, create_model, speed
 from effnetx_jax.train import train_and_evaluate
 from effnetx_jax.train.components import build_components
 
-from conftest import EVERY_BLOCK, PLUMBING_BLOCKS, tiny_config, tiny_run_config
+from conftest import EVERY_BLOCK, PLUMBING_BLOCKS, read_jsonl, tiny_config, tiny_run_config
 
 # ---------------------------------------------------------------------------------------------------
 # config.remat
@@ -252,3 +252,26 @@ def test_polynomial_schedule_decays_from_the_peak_to_zero():
     schedule = optim.learning_rate_schedule(config, steps_per_epoch=10.0, total_steps=100)
     for step, expected in ((0, 0.256), (50, 0.256 * 0.25), (100, 0.0), (120, 0.0)):
         assert float(schedule(step)) == pytest.approx(expected, abs=1e-7), step
+
+
+# ---------------------------------------------------------------------------------------------------
+# train/input_wait_fraction and config.profile_steps
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_a_run_logs_its_input_wait_and_writes_the_profile_of_the_steps_asked_for(data_dir, tmp_path):
+    config = tiny_run_config(data_dir, total_steps=4, log_every_steps=2, checkpoint_every_steps=0, profile_steps=(2, 3))
+    train_and_evaluate(config, str(tmp_path))
+    windows = [line for line in read_jsonl(tmp_path) if "train/loss" in line]
+    assert [line["step"] for line in windows] == [2, 4]
+    for line in windows:
+        assert line["train/img_per_s"] > 0
+        assert 0 <= line["train/input_wait_fraction"] <= 1
+    traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert traces and all(trace.stat().st_size > 0 for trace in traces)
+
+
+@pytest.mark.parametrize("steps", [(3,), (0, 2), (5, 4), (1.5, 2)])
+def test_bad_profile_steps_are_refused_naming_the_key(data_dir, tmp_path, steps):
+    with pytest.raises(UserError, match=r"^config.profile_steps: must be \(\) or \(first, last\) with 1 <= first"):
+        train_and_evaluate(tiny_run_config(data_dir, profile_steps=steps), str(tmp_path))

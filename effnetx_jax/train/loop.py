@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 
 import jax
 from absl import logging
@@ -14,7 +13,8 @@ from effnetx_jax.train import init_from, multihost, workdir_lock
 from effnetx_jax.train.checkpoints import Checkpoints
 from effnetx_jax.train.components import build_components
 from effnetx_jax.train.evaluation import make_evaluator
-from effnetx_jax.train.reporting import MetricsLog, write_config
+from effnetx_jax.train.profiling import StepProfiler
+from effnetx_jax.train.reporting import MetricsLog, TrainWindow, write_config
 from effnetx_jax.train.state import create_train_state
 from effnetx_jax.train.steps import make_train_step
 
@@ -141,33 +141,36 @@ def _train(components, workdir: str) -> dict:
     log = MetricsLog(workdir)
     report_progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=log.writer)
     final: dict = {}
-    train_metrics, window_start, window_steps = None, time.perf_counter(), 0
+    train_metrics, window = None, TrainWindow()
+    profiler = StepProfiler(config.profile_steps, workdir)
     # Closing the iterator stops its Grain worker processes, also when the loop raises.
     with (
         multihost.preemption_check() as preempted,
         multihost.explain_peer_failures(checkpoints.directory),
         contextlib.closing(train_iter),
+        contextlib.closing(profiler),
     ):
         for step in range(start_step + 1, plan.total_steps + 1):
+            profiler.before(step)
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                batch = components.global_batch(next(train_iter))
+                with window.waiting():
+                    batch = components.global_batch(next(train_iter))
                 state, batch_metrics = train_step(state, batch, train_rng)
+            profiler.after(step, state)
             train_metrics = batch_metrics if train_metrics is None else train_metrics.merge(batch_metrics)
-            window_steps += 1
             report_progress(step)
 
             if _due(step, plan.log_every, plan.total_steps):
                 _check_finite(state, checkpoints)
                 scalars = {f"train/{key}": value for key, value in train_metrics.compute().items()}
-                scalars["train/img_per_s"] = window_steps * config.batch_size / (time.perf_counter() - window_start)
+                scalars.update(window.scalars(config.batch_size))
                 final.update(log.write(step, scalars))
-                train_metrics, window_start, window_steps = None, time.perf_counter(), 0
+                train_metrics, window = None, TrainWindow()
             if _due(step, plan.eval_every, plan.total_steps):
                 _check_finite(state, checkpoints)
-                with report_progress.timed("eval"):
+                with report_progress.timed("eval"), window.paused():
                     eval_scalars = {f"eval/{key}": value for key, value in evaluate(state).compute().items()}
                 final.update(log.write(step, eval_scalars))
-                window_start = time.perf_counter()
             stop = preempted(step)
             if _due(step, plan.checkpoint_every, plan.total_steps) or stop:
                 _check_finite(state, checkpoints)

@@ -10,6 +10,7 @@ import jax
 
 from effnetx_jax import config_files
 from effnetx_jax.models import REMAT_MODES, architecture
+from effnetx_jax.train.profiling import check_steps as check_profile_steps
 
 
 def _positive(value) -> bool:
@@ -104,6 +105,7 @@ def check_config(config, num_classes: int) -> None:
         )
     if config.remat not in REMAT_MODES:
         config_files.fail("remat", f"unknown remat {config.remat!r}; expected one of {', '.join(REMAT_MODES)}")
+    check_profile_steps(config.profile_steps)
     _check_recipe(config)
     if config.keep_checkpoints < 1:
         config_files.fail("keep_checkpoints", f"must be >= 1, got {config.keep_checkpoints}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -35,6 +37,36 @@ class MetricsLog:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+class TrainWindow:
+    """The clock of one logging window of training steps: images per second, and the fraction of the
+    window's time the loop spent blocked waiting for its next batch (near 0: the input keeps up; near 1:
+    the steps wait for the input). Evaluations inside a window are `paused`, not counted."""
+
+    def __init__(self):
+        self.start, self.steps, self.waited = time.perf_counter(), 0, 0.0
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """Around the wait for one batch; counts one step."""
+        start = time.perf_counter()
+        yield
+        self.waited += time.perf_counter() - start
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.perf_counter()
+        yield
+        self.start += time.perf_counter() - start
+
+    def scalars(self, batch_size: int) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        return {
+            "train/img_per_s": self.steps * batch_size / elapsed,
+            "train/input_wait_fraction": self.waited / elapsed,
+        }
 
 
 def write_config(workdir: str, config) -> None:
