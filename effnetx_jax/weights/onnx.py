@@ -2,11 +2,12 @@
 
 The graph takes what the other formats take (float32 images [N, R, R, 3], pixels 0..255, cropped and
 resized as evaluation does; N symbolic) and returns float32 logits [N, classes]. It is laid out as
-ONNX Runtime runs fastest, in the layout of PyTorch's exports: after normalising with the config's
-mean/std, one Transpose to NCHW; every conv (depthwise ones as grouped convs) with its BatchNorm folded
-into its weights and bias; TF "SAME" padding as explicit pads per layer (the odd pixel at the bottom and
-right), computed from the model's fixed resolution. A graph converted op by op from JAX (jax2onnx) ran
-at 0.4x the speed of timm's export: NHWC transposes around each conv, pad ops and unfolded BatchNorm.
+ONNX Runtime runs fastest, in the layout of PyTorch's exports: one Transpose to NCHW, then the
+normalisation with the config's mean/std (its division folded into the stem conv); every conv
+(depthwise ones as grouped convs) with its BatchNorm folded into its weights and bias; TF "SAME"
+padding as explicit pads per layer (the odd pixel at the bottom and right), computed from the model's
+fixed resolution. A graph converted op by op from JAX (jax2onnx) ran at 0.4x the speed of timm's
+export: NHWC transposes around each conv, pad ops and unfolded BatchNorm.
 
 The layers are those the Flax model builds: the stem and head of `EfficientNet`, and every block's
 layers as its block type describes them (`block_parts.Block.describe`), so each kind of layer (conv,
@@ -71,12 +72,15 @@ def model_proto(model, variables, config):
         )
     variables = {collection: _as_numpy(tree) for collection, tree in variables.items()}
     graph = _Graph(onnx, variables, arch.bn_epsilon)
-    x = graph.node("Sub", export.INPUT_NAME, graph.constant("mean", config.data.mean))
-    x = graph.node("Div", x, graph.constant("std", config.data.std))
-    x = graph.node("Transpose", x, perm=NCHW)
+    # (x - mean) / std, with the division folded into the stem's weights: zero padding commutes with it, not
+    # with the subtraction. A Sub and a Div on the NHWC input made the whole graph 5-10% slower than timm's,
+    # which takes normalised NCHW images (benchmarks/onnx_vs_timm.py); without the Div it runs as fast.
+    x = graph.node("Transpose", export.INPUT_NAME, perm=NCHW)
+    mean, std = (np.asarray(config.data[key], np.float64).reshape(1, 3, 1, 1) for key in ("mean", "std"))
+    x = graph.node("Sub", x, graph.constant("mean", mean))
     size = (arch.resolution, arch.resolution)
     stem = ConvLayer("stem", 3, 3, arch.stem_filters, (shapes.STEM_STRIDE,) * 2)
-    x, size = graph.conv(x, size, stem, (), arch.activation)
+    x, size = graph.conv(x, size, stem, (), arch.activation, input_scale=1 / std.reshape(3))
     for spec in arch.blocks:
         x, size = _block(graph, x, size, spec)
     head = ConvLayer("head", 1, arch.blocks[-1].output_filters, arch.head_filters)
@@ -158,9 +162,9 @@ class _Graph:
             return self.node("Mul", x, self.node("Sigmoid", x))
         raise NotImplementedError(f"no ONNX form for the activation {name!r} (one of {sorted(layers.ACTIVATION_FNS)})")
 
-    def conv(self, x: str, size, layer: ConvLayer, scope: tuple[str, ...], activation: str):
-        """`layer` (conv, BatchNorm, activation unless it has none) on `x` of spatial `size`; returns the output
-        and its size."""
+    def conv(self, x: str, size, layer: ConvLayer, scope: tuple[str, ...], activation: str, input_scale=1.0):
+        """`layer` (conv, BatchNorm, activation unless it has none) on `x` of spatial `size`, times `input_scale`
+        per input channel; returns the output and its size."""
         kernel = self.params((*scope, layer.conv_name))["kernel"].astype(np.float64)
         bn = self.params((*scope, layer.bn_name))
         stats = self.params((*scope, layer.bn_name), "batch_stats")
@@ -168,7 +172,7 @@ class _Graph:
         scale = bn["scale"] / np.sqrt(stats["var"].astype(np.float64) + self._epsilon)
         shift = bn["bias"] - stats["mean"] * scale
         # Flax's [kh, kw, in / groups, out] (depthwise: [kh, kw, 1, C]) -> ONNX's [out, in / groups, kh, kw].
-        weight = kernel.transpose(3, 2, 0, 1) * scale[:, None, None, None]
+        weight = kernel.transpose(3, 2, 0, 1) * scale[:, None, None, None] * np.reshape(input_scale, (1, -1, 1, 1))
         name = "/".join((*scope, layer.name))
         pads = [
             layers.same_padding(side, layer.kernel, stride) for side, stride in zip(size, layer.strides, strict=True)
