@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effnetx_jax import memory
 from effnetx_jax.errors import UserError
-from effnetx_jax.models import REMAT_MODES, create_model, speed
+from effnetx_jax.models import REMAT_MODES, create_model, memory, speed
 from effnetx_jax.train import train_and_evaluate
 from effnetx_jax.train.components import build_components
 

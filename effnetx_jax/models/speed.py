@@ -7,7 +7,7 @@ depend on them, and drawing them with the model's own initialisers would compile
 longer to build than the one being measured.
 `train` times forward + backward + BatchNorm statistics update + an SGD parameter update; the
 optimizer of the training recipe adds only elementwise work on the parameters.
-`memory_bytes` is XLA's estimate of the compiled step's memory on one device (`effnetx_jax.memory`);
+`memory_bytes` is XLA's estimate of the compiled step's memory on one device (`effnetx_jax.models.memory`);
 `train_step_memory` gives it from shapes alone, compiling without running anything.
 `effnetx-bench` prints these numbers; LACS and the search measure latency with them.
 """
@@ -23,8 +23,8 @@ import numpy as np
 import optax
 
 from effnetx_jax.errors import UserError
-from effnetx_jax.memory import MemoryEstimate
 from effnetx_jax.models import REMAT_MODES, architecture, costs, create_model
+from effnetx_jax.models.memory import MemoryEstimate
 
 
 def _infer_step(model):

@@ -8,7 +8,8 @@ import jax
 from absl import logging
 from clu import parameter_overview, periodic_actions
 
-from effnetx_jax import data, memory
+from effnetx_jax import data
+from effnetx_jax.models import memory
 from effnetx_jax.train import init_from, multihost, workdir_lock
 from effnetx_jax.train.checkpoints import Checkpoints
 from effnetx_jax.train.components import build_components
