@@ -58,7 +58,7 @@ def main() -> None:
     if device_bytes is None:
         parser.error(f"{device.platform} reports no device memory: give --memory_gib")
     limit = int(device_bytes * (1 - args.headroom))
-    print(f"device {device.platform}:{device.device_kind}, {device_bytes / GIB:.1f} GiB, dtype {args.dtype}")
+    print(f"device {device.platform}:{device.device_kind}, {device_bytes / GIB:.2f} GiB, dtype {args.dtype}")
     rows = []
     for name in args.models.split(","):
         config = model_config(name)
