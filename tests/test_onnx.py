@@ -2,6 +2,7 @@
 EfficientNet-B0 and X-B0 at full size (224 px), at batch 1 and 3 from one file; and the command line."""
 
 import json
+import sys
 
 import jax
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from effnetx_jax import weights
 from effnetx_jax.errors import UserError
-from effnetx_jax.models import create_model, model_config
+from effnetx_jax.models import block_string, create_model, model_config
 from effnetx_jax.recipe import get_config
 from effnetx_jax.train.steps import normalize
 from effnetx_jax.weights import export
@@ -79,7 +80,7 @@ def assert_runtime_matches_jax(proto, model, variables, config):
         assert np.abs(logits - expected[:batch]).max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("activation", ["relu", "swish"])
+@pytest.mark.parametrize("activation", block_string.ACTIVATIONS)  # every activation a config may name
 def test_every_block_type_gives_the_jax_logits(activation):
     config = trainer_config(tiny_config(EVERY_BLOCK, activation=activation))
     variables = calibrated_variables(config)
@@ -143,6 +144,6 @@ def test_platforms_are_refused_for_onnx(checkpoint, tmp_path):
 
 
 def test_without_the_onnx_package_the_export_says_what_to_install(checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # `import onnx` raises ImportError
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
     with pytest.raises(UserError, match=r"pip install 'effnetx_jax\[onnx\]'"):
         export.EXPORTERS["onnx"](checkpoint, str(tmp_path / "export"))

@@ -160,7 +160,7 @@ class _Graph:
             return self.node("Relu", x)
         if name == "swish":  # x * sigmoid(x), as PyTorch exports SiLU: ONNX Runtime fuses the pair
             return self.node("Mul", x, self.node("Sigmoid", x))
-        raise NotImplementedError(f"no ONNX form for the activation {name!r} (one of {sorted(layers.ACTIVATION_FNS)})")
+        raise NotImplementedError(f"the ONNX export has no form for the activation {name!r}")
 
     def conv(self, x: str, size, layer: ConvLayer, scope: tuple[str, ...], activation: str, input_scale=1.0):
         """`layer` (conv, BatchNorm, activation unless it has none) on `x` of spatial `size`, times `input_scale`
