@@ -134,7 +134,7 @@ def test_effnetx_export_format_onnx_writes_the_model_and_its_signature(checkpoin
 def test_an_onnx_export_never_writes_over_a_model_onnx_it_did_not_write(checkpoint, tmp_path):
     (tmp_path / export.ONNX_FILE).write_bytes(b"someone's model")
     message = error_line("export", f"--workdir={checkpoint}", f"--out={tmp_path}", "--format=onnx", "--overwrite")
-    assert f"holds {export.ONNX_FILE}, which a onnx export would write over" in message
+    assert f"holds {export.ONNX_FILE}, which the onnx export would write over" in message
     assert (tmp_path / export.ONNX_FILE).read_bytes() == b"someone's model"
 
 

@@ -243,7 +243,7 @@ def test_an_export_never_writes_over_files_it_did_not_write(checkpoint, tmp_path
         "export", f"--workdir={checkpoint}", f"--out={tmp_path}", f"--format={export_format}", "--overwrite"
     )
     assert message == (
-        f"error: {tmp_path} holds {name}, which a {export_format} export would write over, but no export of "
+        f"error: {tmp_path} holds {name}, which the {export_format} export would write over, but no export of "
         "effnetx_jax lists it as its own; remove it yourself or choose another --out"
     )
     assert (tmp_path / name).read_text() == "the user's"

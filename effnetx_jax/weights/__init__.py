@@ -1,7 +1,7 @@
 """Model weights on disk, for inference, fine-tuning and export: `load(DIR)` and what it is built on.
 
 The package: this module (weights folders), `convert` (TF checkpoints and timm weights to a folder),
-`predict` (classes of image files) and `export` (StableHLO and SavedModel artifacts to serve).
+`predict` (classes of image files) and `export` (StableHLO, SavedModel and ONNX artifacts to serve).
 
 Two kinds of directory hold weights:
 - a converted checkpoint (`effnetx-convert`): `DIR/config.json` (a trainer config with the

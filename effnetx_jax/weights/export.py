@@ -150,7 +150,7 @@ def files_to_replace(out: str, export_format: str, overwrite: bool) -> list[str]
     for name in TOP_LEVEL_NAMES[export_format]:
         if os.path.exists(os.path.join(out, name)) and name not in ours:
             raise UserError(
-                f"{out} holds {name}, which a {export_format} export would write over, but no export of "
+                f"{out} holds {name}, which the {export_format} export would write over, but no export of "
                 f"effnetx_jax lists it as its own{' in ' + SIGNATURE_FILE if earlier else ''}; "
                 "remove it yourself or choose another --out"
             )
