@@ -13,6 +13,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from absl import flags
 from PIL import Image
 
 from effnetx_jax import weights
@@ -22,7 +23,7 @@ from effnetx_jax.models import create_model
 from effnetx_jax.recipe import get_config
 from effnetx_jax.weights import export, predict
 
-from command_line import error_line, run_tool
+from command_line import error_line, run_tool, tool_module
 from conftest import PLUMBING_BLOCKS, REPO, process_env, run_to_end, tool_process
 
 PROCESS_TIMEOUT_S = 300
@@ -341,3 +342,9 @@ def test_eval_py_on_an_incomplete_converted_checkpoint_is_one_error_line(checkpo
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert line.startswith(f"error: {folder} is an incomplete converted checkpoint: it has no variables/")
     assert "Traceback" not in result.stderr
+
+
+def test_the_command_line_offers_the_formats_and_platforms_of_the_library():
+    tool = tool_module("export")
+    assert flags.FLAGS[tool._FORMAT.name].parser.enum_values == list(export.EXPORTERS)
+    assert tuple(tool._PLATFORMS.default) == export.DEFAULT_PLATFORMS

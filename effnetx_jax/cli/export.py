@@ -16,6 +16,8 @@ _OUT = flags.DEFINE_string(
     "Output directory (created if missing). One that holds an export is refused unless --overwrite; "
     "files of other origin in it are never replaced.",
 )
+# The formats and platforms of `effnetx_jax.weights.export`, written out so that --help imports no JAX
+# (tests/test_predict_export.py keeps them equal).
 _FORMAT = flags.DEFINE_enum(
     "format",
     "stablehlo",
