@@ -106,15 +106,16 @@ def test_memory_estimate_is_reported_against_the_device_memory():
 def test_a_train_step_too_large_for_the_device_stops_before_the_first_step(data_dir, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(memory, "device_bytes", lambda device: 2**20)
     caplog.set_level("INFO")
+    workdir = tmp_path / "run"
     with pytest.raises(UserError) as stopped:
-        train_and_evaluate(tiny_run_config(data_dir), str(tmp_path))
+        train_and_evaluate(tiny_run_config(data_dir), str(workdir))
     message = str(stopped.value)
     assert "\n" not in message
     assert message.startswith("the train step needs an estimated ")
     for lever in ("config.batch_size", "config.remat=blocks", "config.fsdp_size"):
         assert lever in message
     assert "train step memory on " in caplog.text and "of 0.001 GiB" in caplog.text
-    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+    assert not workdir.exists()  # refused before the run's first write, like every other check
 
 
 def test_bench_reports_the_memory_its_train_step_is_compiled_to():

@@ -61,10 +61,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return _train(components, workdir)
 
 
-def _resume_or_start(components, checkpoints: Checkpoints):
+def _resume_or_start(components, checkpoints: Checkpoints, abstract_state):
     """The resumed checkpoint (`checkpoints.Resumed`) or None, and the `init_from` weights for a fresh
     start: every check of the workdir and of `init_from`, before the run writes anything."""
-    config, abstract_state = components.config, components.abstract_state()
+    config = components.config
     resumed = checkpoints.restore_newest(abstract_state)
     pretrained = None
     if resumed is None and config.init_from:
@@ -102,9 +102,14 @@ def _compiled_train_step(components, state, state_sharding, rng):
 def _train(components, workdir: str) -> dict:
     config, plan = components.config, components.plan
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    resumed, pretrained = _resume_or_start(components, checkpoints)
-    write_config(workdir, config)  # the run's first write
+    abstract_state = components.abstract_state()
+    resumed, pretrained = _resume_or_start(components, checkpoints, abstract_state)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    # Compiled from the state's shapes and shardings, so a step that cannot fit is refused before the
+    # run writes anything, like every other check.
+    state_sharding = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
+    train_step = _compiled_train_step(components, abstract_state, state_sharding, train_rng)
+    write_config(workdir, config)  # the run's first write
     train_iter = _train_iterator(config)
     if resumed is not None:
         for step, moved_to in zip(resumed.damaged, checkpoints.set_aside(resumed.damaged), strict=True):
@@ -113,7 +118,6 @@ def _train(components, workdir: str) -> dict:
             )
         logging.info("Resuming from the checkpoint at step %d in %s", resumed.step, checkpoints.directory)
         state, start_step = resumed.value, resumed.step
-        state_sharding = jax.tree.map(lambda leaf: leaf.sharding, state)
         if not checkpoints.restore_data(start_step, train_iter):
             logging.warning(
                 "The checkpoint was written by a run with another number of processes: the input position "
@@ -123,7 +127,7 @@ def _train(components, workdir: str) -> dict:
             train_iter = _train_iterator(config, start_step)
     else:
         start_step = 0
-        state, state_sharding = create_train_state(
+        state, _ = create_train_state(
             components.model, components.tx, init_rng, components.image_shape, components.mesh
         )
         if pretrained is not None:
@@ -136,7 +140,6 @@ def _train(components, workdir: str) -> dict:
             )
         parameter_overview.log_parameter_overview(state.params)
 
-    train_step = _compiled_train_step(components, state, state_sharding, train_rng)
     evaluate = make_evaluator(components, state_sharding)
 
     log = MetricsLog(workdir)
