@@ -96,6 +96,8 @@ def test_the_command_lines_print_one_error_line(tmp_path, copy_of_trained_run, m
     assert error_line("train", "--config=configs/quickstart.py", "--config.lerning_rate=0.1", "--workdir=unused") == (
         "error: --config.lerning_rate: --config has no key 'lerning_rate'; did you mean --config.learning_rate?"
     )
+    stray = error_line("train", "--config=configs/quickstart.py", "--workdir=unused", "extra", "words")
+    assert stray == "error: unexpected arguments: extra words"
     bad_value = error_line("train", "--config=configs/quickstart.py", "--config.seed=abc", "--workdir=unused")
     assert bad_value.startswith("error: flag --config.seed=abc: ")
 

@@ -131,6 +131,12 @@ def _parse_flags(argv: list[str], config_flags: Sequence[str]) -> list[str]:
         raise SystemExit(f"error: {message}") from None
 
 
+def refuse_arguments(argv: Sequence[str]) -> None:
+    """Raises `UserError` if a tool that takes only flags was given positional arguments (`argv[1:]`)."""
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+
 _HELP_FLAGS = ("-h", "--help", "-?", "--helpshort")
 
 

@@ -13,7 +13,6 @@ files, for comparison.
 from absl import flags
 
 from effnetx_jax import cli
-from effnetx_jax.errors import UserError
 
 _DATASET = flags.DEFINE_string("dataset", "synthetic_imagenet/bench", "TFDS name or folder:ROOT.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
@@ -47,8 +46,7 @@ def _config(num_workers: int):
 
 
 def _main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.refuse_arguments(argv)
     import os
 
     from effnetx_jax import data

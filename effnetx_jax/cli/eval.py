@@ -33,8 +33,7 @@ def _weights_label(step) -> str:
 
 
 def _main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.refuse_arguments(argv)
     from effnetx_jax import weights
     from effnetx_jax.train import evaluate_checkpoint
 

@@ -42,8 +42,7 @@ flags.adopt_module_key_flags(weights_flags)
 def _main(argv: list[str]) -> None:
     from effnetx_jax.weights.export import EXPORTERS
 
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.refuse_arguments(argv)
     options = {"platforms": _PLATFORMS.value}
     if _FORMAT.value == "onnx":
         # The file names no platform: it runs wherever ONNX Runtime does, on the execution provider its session picks.

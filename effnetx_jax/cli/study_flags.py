@@ -18,7 +18,6 @@ from ml_collections import config_flags
 
 from effnetx_jax import cli
 from effnetx_jax.cli import distributed_flags
-from effnetx_jax.errors import UserError
 from effnetx_jax.studies import Timing
 
 _STORAGE = flags.DEFINE_string(
@@ -32,8 +31,8 @@ _HEARTBEAT_S = flags.DEFINE_float("heartbeat_s", 10.0, "Seconds between a runnin
 _STALE_AFTER_S = flags.DEFINE_float(
     "stale_after_s", 120.0, "Heartbeat silence after which a trial's worker counts as dead and the trial is retried."
 )
-flags.adopt_module_key_flags(distributed_flags)
 _POLL_S = flags.DEFINE_float("poll_s", 10.0, "Seconds between checks while waiting for trials running elsewhere.")
+flags.adopt_module_key_flags(distributed_flags)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +46,7 @@ class StudyCommand:
     def start(self, argv: list[str]) -> dict:
         """Refuses stray arguments, joins the other processes of a multi-process run, and returns the tool's
         arguments: `config`, `workdir`, `storage`, `timing` and `command` (this command line, for the report)."""
-        if len(argv) > 1:
-            raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.refuse_arguments(argv)
         distributed_flags.initialize_distributed()
         return {
             "config": cli.config_value(self.config),

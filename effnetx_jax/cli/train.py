@@ -11,7 +11,6 @@ from ml_collections import config_flags
 
 from effnetx_jax import cli
 from effnetx_jax.cli import distributed_flags
-from effnetx_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (path.py or path.py:arg).", lock_config=True
@@ -22,8 +21,7 @@ flags.adopt_module_key_flags(distributed_flags)
 
 
 def _main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.refuse_arguments(argv)
     from effnetx_jax.train import format_metrics, train_and_evaluate
 
     distributed_flags.initialize_distributed()
