@@ -50,13 +50,14 @@ def _main(argv: list[str]) -> None:
     import os
 
     from effnetx_jax import data
-    from effnetx_jax.data import speed
+    from effnetx_jax.data import decode, speed
 
     info = data.dataset_info(_config(0))  # builds the synthetic dataset on first use
     print(
         f"{info.name}: {info.num_train} train / {info.num_eval} eval images, output {_RESOLUTION.value} px, "
         f"batch {_BATCH.value}, {os.cpu_count()} CPU cores, augment {_AUGMENT.value or 'none'}"
     )
+    print(f"JPEG decoder: {decode.JPEG_DECODER}")
     rows = []
     for workers in map(int, _WORKERS.value):
         label = "in this process, 1 thread" if workers == 0 else f"{workers} worker process{'es' * (workers > 1)}"
