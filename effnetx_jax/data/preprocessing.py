@@ -187,8 +187,9 @@ def resize_method(config) -> str:
 
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator of one example's random choices in one epoch."""
-    return np.random.default_rng([seed, epoch, index])
+    """The generator of one example's random choices in one epoch: `np.random.default_rng([seed, epoch,
+    index])`, built without its argument checks (a quarter of its 20 us, paid once per image)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, index])))
 
 
 @dataclasses.dataclass(frozen=True)
