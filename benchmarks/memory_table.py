@@ -8,8 +8,7 @@ step ahead of time from shapes alone (`models.speed.train_step_memory`: nothing 
 run, so the batch need not fit this machine) and prints XLA's estimate for one device as one line,
 as soon as it is known, then a Markdown table of the total. It runs on whatever JAX's default backend
 is (`JAX_PLATFORMS=cuda` on a GPU); the estimate is the backend's own buffer assignment, so CPU and GPU
-numbers differ. The step is forward, backward and an SGD update: the trainer's RMSprop and EMA add
-three copies of the parameters (see docs/large_scale.md).
+numbers differ. The step is the trainer's own (RMSprop, EMA, weight decay, label smoothing).
 """
 
 from __future__ import annotations

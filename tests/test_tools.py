@@ -125,17 +125,23 @@ def test_bench_rejects_bad_sizes(sizes, capsys):
     assert error_line("bench", "--family=efficientnet", f"--sizes={sizes}").startswith("error: --sizes")
 
 
-def test_bench_train_step_updates_parameters_and_batch_statistics():
+def test_bench_train_step_is_the_trainers_and_updates_every_part_of_the_state():
     cfg = model_config("efficientnet-x-b0")
     cfg.update(blocks=PLUMBING_BLOCKS, width=0.25, depth=1.0, resolution=32, num_classes=10, head_filters=64)
-    model = create_model(cfg)
-    images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-    variables = jax.jit(model.init)({"params": jax.random.key(1)}, images)
-    new_variables, loss = jax.jit(speed._train_step(model))(variables, images, jnp.arange(4), jax.random.key(2))
-    assert np.isfinite(float(loss))
-    for collection in ("params", "batch_stats"):
-        changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables[collection], new_variables[collection])
-        assert all(jax.tree.leaves(changed)), collection
+    config = speed._recipe_config(cfg, batch=4, remat="none")
+    config.warmup_epochs = 0.0  # the recipe's first step has learning rate 0
+    model, tx, step = speed._trainer_step(config)
+    state = speed._train_state(tx, jax.jit(model.init)({"params": jax.random.key(1)}, jnp.zeros((1, 32, 32, 3))))
+    before = jax.device_get(state)
+    new_state, metrics = step(state, speed._train_batch(4, 32), jax.random.key(2))
+    assert np.isfinite(float(metrics.compute()["loss"])) and int(new_state.step) == 1
+    for part in ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats"):
+        changed = jax.tree_util.tree_leaves_with_path(
+            jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), getattr(new_state, part), getattr(before, part))
+        )
+        # A BatchNorm scale of 1 can keep its value: RMSprop's first step on it is below float32's resolution at 1.
+        unchanged = [jax.tree_util.keystr(path) for path, value in changed if not value and "scale" not in str(path)]
+        assert not unchanged, (part, unchanged)
 
 
 def test_bench_weights_have_the_models_shapes_and_initial_scales():
