@@ -113,6 +113,8 @@ def test_the_wheel_works_from_an_empty_directory(installed, tf_training_checkpoi
     empty.mkdir()
     where = run(installed, empty, "python", "-c", "import effnetx_jax, sys; print(effnetx_jax.__file__)")
     assert str(installed.parent) in where and str(REPO) not in where
+    decoder = run(installed, empty, "python", "-c", "from effnetx_jax.data import decode; print(decode.JPEG_DECODER)")
+    assert "_jpeg_crop" in decoder  # the wheel built and holds the crop-only JPEG decoder
     missing = run(installed, empty, "python", "-c", "import importlib.util as u; print(u.find_spec('configs'))")
     assert missing.strip() == "None"  # the checkout's configs/ package is out of reach
     refused = subprocess.run(
