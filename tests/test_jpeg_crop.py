@@ -60,9 +60,9 @@ def whole_then_crop(data: bytes, scale: int, box) -> np.ndarray:
 
 def crop_only(jpeg_crop, data: bytes, scale: int, box) -> np.ndarray:
     left, top, right, bottom = box
-    out = np.empty((bottom - top, right - left, 3), np.uint8)
-    jpeg_crop.decode_crop(data, scale, left, top, right, bottom, out)
-    return out
+    rows = np.empty((bottom - top, right - left + jpeg_crop.REGION_SLACK, 3), np.uint8)
+    offset = jpeg_crop.decode_crop(data, scale, left, top, right, bottom, rows)
+    return rows[:, offset : offset + right - left]
 
 
 def boxes(rng, height: int, width: int):
@@ -119,12 +119,13 @@ def test_refusals_raise_value_error(jpeg_crop):
         "empty": (data, 1, (4, 4, 4, 8)),
     }
     for what, (encoded, scale, (left, top, right, bottom)) in refused.items():
-        out = np.empty((max(bottom - top, 1), max(right - left, 1), 3), np.uint8)
+        out = np.empty((max(bottom - top, 1), max(right - left, 1) + jpeg_crop.REGION_SLACK, 3), np.uint8)
         with pytest.raises(ValueError):
             jpeg_crop.decode_crop(encoded, scale, left, top, right, bottom, out)
             pytest.fail(f"{what} was decoded")
+    narrow = np.empty((8, 8 + jpeg_crop.REGION_SLACK - 1, 3), np.uint8)
     with pytest.raises(ValueError, match="C-contiguous buffer"):
-        jpeg_crop.decode_crop(data, 1, 0, 0, 8, 8, np.empty((8, 7, 3), np.uint8))
+        jpeg_crop.decode_crop(data, 1, 0, 0, 8, 8, narrow)
 
 
 def test_damage_below_the_crop_is_never_read(jpeg_crop):

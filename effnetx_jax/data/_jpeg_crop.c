@@ -1,8 +1,10 @@
 /* Decoding only a crop of a JPEG with the libjpeg API of libjpeg-turbo (effnetx_jax.data.decode).
 
-   decode_crop(data, scale, left, top, right, bottom, out) writes the box [top, bottom) x [left, right) of
-   the image decoded at 1/scale (scale 1, 2, 4 or 8; the box is in pixels of that scaled image) into `out`,
-   a writable C-contiguous buffer of (bottom - top) * (right - left) * 3 bytes, as RGB. Only the iMCU
+   decode_crop(data, scale, left, top, right, bottom, out) -> offset decodes the box [top, bottom) x
+   [left, right) of the image decoded at 1/scale (scale 1, 2, 4 or 8; the box is in pixels of that scaled
+   image) as RGB into `out`, a writable C-contiguous buffer of (bottom - top) rows of W >= right - left +
+   REGION_SLACK pixels of 3 bytes: libjpeg writes the decoded region (the box and a few columns either side)
+   straight into those rows, and the box's columns are [offset, offset + right - left). Only the iMCU
    columns around the box go through IDCT, upsampling and colour conversion (jpeg_crop_scanline), the
    rows above it are skipped (jpeg_skip_scanlines) and reading stops after its last row. The settings are
    those of simplejpeg's decode_jpeg(fastdct=True) and of TensorFlow's decode_jpeg defaults: the fast
@@ -27,6 +29,9 @@
    edge of a cropped region sees a replicated edge instead of its real neighbour. Decoding this many extra
    pixels on each side (two chroma samples at 2x subsampling) keeps the box's own columns interior. */
 #define MARGIN 4
+/* The decoded region is at most this much wider than the box: MARGIN either side, and libjpeg moves its left
+   edge down to an iMCU boundary (iMCUs are at most 32 pixels wide: 4x horizontal subsampling of 8x8 blocks). */
+#define REGION_SLACK (2 * MARGIN + 31)
 
 typedef struct {
     struct jpeg_error_mgr manager; /* first, so that libjpeg's pointer to it is a pointer to this */
@@ -53,39 +58,33 @@ typedef struct {
     size_t size;
     int scale;
     JDIMENSION left, top, right, bottom;
-    unsigned char *out;
+    unsigned char *out;   /* (bottom - top) rows of `out_width` pixels */
+    JDIMENSION out_width; /* at least the decoded region's width: right - left + REGION_SLACK */
+    JDIMENSION offset;    /* set by decode: the column of `out` that holds image column `left` */
 } CropRequest;
 
 /* Rows asked of libjpeg per call: fewer calls through its row-group machinery than one at a time. */
 #define ROWS_PER_CALL 16
 
-/* Reads the rows up to `bottom` of the region that starts at image column `region_left` into `block`
-   (ROWS_PER_CALL rows of the region), keeping the columns [left, right) of the image. */
-static void read_rows(struct jpeg_decompress_struct *cinfo, const CropRequest *request, JDIMENSION region_left,
-                      unsigned char *block) {
-    size_t region_stride = (size_t)cinfo->output_width * 3;
-    size_t out_stride = (size_t)(request->right - request->left) * 3;
-    size_t offset = (size_t)(request->left - region_left) * 3;
-    unsigned char *out = request->out;
+/* Reads the rows [top, bottom) of the decoded region straight into the rows of `out`. */
+static void read_rows(struct jpeg_decompress_struct *cinfo, const CropRequest *request) {
+    size_t out_stride = (size_t)request->out_width * 3;
     JSAMPROW rows[ROWS_PER_CALL];
-    for (int i = 0; i < ROWS_PER_CALL; i++) {
-        rows[i] = block + i * region_stride;
-    }
     while (cinfo->output_scanline < request->bottom) {
         JDIMENSION wanted = request->bottom - cinfo->output_scanline;
-        JDIMENSION read = jpeg_read_scanlines(cinfo, rows, wanted < ROWS_PER_CALL ? wanted : ROWS_PER_CALL);
-        for (JDIMENSION i = 0; i < read; i++) {
-            memcpy(out, rows[i] + offset, out_stride);
-            out += out_stride;
+        JDIMENSION count = wanted < ROWS_PER_CALL ? wanted : ROWS_PER_CALL;
+        unsigned char *first = request->out + (size_t)(cinfo->output_scanline - request->top) * out_stride;
+        for (JDIMENSION i = 0; i < count; i++) {
+            rows[i] = first + i * out_stride;
         }
+        jpeg_read_scanlines(cinfo, rows, count);
     }
 }
 
 /* Decodes the request; returns 0, or -1 with `message` set. Touches no Python object (runs without the GIL). */
-static int decode(const CropRequest *request, char *message) {
+static int decode(CropRequest *request, char *message) {
     struct jpeg_decompress_struct cinfo;
     ErrorState errors;
-    unsigned char *volatile block = NULL;
     cinfo.err = jpeg_std_error(&errors.manager);
     errors.manager.error_exit = error_exit;
     errors.manager.emit_message = emit_message;
@@ -93,7 +92,6 @@ static int decode(const CropRequest *request, char *message) {
     if (setjmp(errors.escape)) {
         strcpy(message, errors.message);
         jpeg_destroy_decompress(&cinfo);
-        free(block);
         return -1;
     }
     jpeg_mem_src(&cinfo, request->data, (unsigned long)request->size);
@@ -122,19 +120,19 @@ static int decode(const CropRequest *request, char *message) {
     JDIMENSION region_width = region_right - region_left;
     /* libjpeg moves the left edge down to an iMCU boundary and widens the region to match. */
     jpeg_crop_scanline(&cinfo, &region_left, &region_width);
-    block = malloc((size_t)cinfo.output_width * cinfo.output_components * ROWS_PER_CALL);
-    if (block == NULL) {
-        strcpy(message, "out of memory for a block of rows");
+    if (region_width > request->out_width) {
+        snprintf(message, JMSG_LENGTH_MAX, "out is %u pixels wide, the decoded region %u", request->out_width,
+                 region_width);
         jpeg_destroy_decompress(&cinfo);
         return -1;
     }
+    request->offset = request->left - region_left;
     if (request->top > 0) {
         jpeg_skip_scanlines(&cinfo, request->top);
     }
-    read_rows(&cinfo, request, region_left, block);
+    read_rows(&cinfo, request);
     /* The rows below the box are never read: abort instead of jpeg_finish_decompress. */
     jpeg_destroy_decompress(&cinfo);
-    free(block);
     return 0;
 }
 
@@ -153,19 +151,22 @@ static PyObject *decode_crop(PyObject *module, PyObject *args) {
     } else if (request.right <= request.left || request.bottom <= request.top) {
         PyErr_Format(PyExc_ValueError, "the crop [%u, %u) x [%u, %u) is empty", request.left, request.right,
                      request.top, request.bottom);
-    } else if (!PyBuffer_IsContiguous(&out, 'C') ||
-               (size_t)out.len != (size_t)(request.right - request.left) * (request.bottom - request.top) * 3) {
-        PyErr_SetString(PyExc_ValueError, "out must be a C-contiguous buffer of height * width * 3 bytes");
+    } else if (!PyBuffer_IsContiguous(&out, 'C') || out.len % ((Py_ssize_t)(request.bottom - request.top) * 3) ||
+               (size_t)out.len / ((size_t)(request.bottom - request.top) * 3) <
+                   (size_t)(request.right - request.left) + REGION_SLACK) {
+        PyErr_SetString(PyExc_ValueError, "out must be a C-contiguous buffer of height rows of at least "
+                                          "width + REGION_SLACK pixels of 3 bytes");
     } else {
         request.data = data.buf;
         request.size = (size_t)data.len;
         request.out = out.buf;
+        request.out_width = (JDIMENSION)(out.len / ((Py_ssize_t)(request.bottom - request.top) * 3));
         int status;
         Py_BEGIN_ALLOW_THREADS
         status = decode(&request, message);
         Py_END_ALLOW_THREADS
         if (status == 0) {
-            result = Py_NewRef(Py_None);
+            result = PyLong_FromUnsignedLong(request.offset);
         } else {
             PyErr_SetString(PyExc_ValueError, message);
         }
@@ -177,8 +178,10 @@ static PyObject *decode_crop(PyObject *module, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"decode_crop", decode_crop, METH_VARARGS,
-     "decode_crop(data, scale, left, top, right, bottom, out): writes the RGB crop [top, bottom) x [left, right) "
-     "of the JPEG `data` decoded at 1/scale into the writable buffer `out`; ValueError if libjpeg refuses."},
+     "decode_crop(data, scale, left, top, right, bottom, out) -> offset: decodes the RGB crop [top, bottom) x "
+     "[left, right) of the JPEG `data` at 1/scale into the rows of the writable buffer `out` (bottom - top rows "
+     "of at least right - left + REGION_SLACK pixels), where it starts at column `offset`; ValueError if libjpeg "
+     "refuses."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -190,4 +193,11 @@ static struct PyModuleDef module_definition = {
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__jpeg_crop(void) { return PyModule_Create(&module_definition); }
+PyMODINIT_FUNC PyInit__jpeg_crop(void) {
+    PyObject *module = PyModule_Create(&module_definition);
+    if (module != NULL && PyModule_AddIntConstant(module, "REGION_SLACK", REGION_SLACK) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

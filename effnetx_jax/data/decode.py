@@ -105,12 +105,14 @@ def _decode_crop_only(data: bytes, size: tuple[int, int], scale: int, box: Box) 
     left, top, right, bottom = box
     if right <= left or bottom <= top:
         raise UndecodableImage(f"the crop {box} is empty")
-    crop = np.empty((bottom - top, right - left, 3), np.uint8)
+    # libjpeg writes the decoded region, a few columns wider than the crop, straight into these rows; the
+    # crop is a view of them (rows with a stride, which OpenCV's resize reads as they are).
+    rows = np.empty((bottom - top, right - left + _jpeg_crop.REGION_SLACK, 3), np.uint8)
     try:
-        _jpeg_crop.decode_crop(data, scale, left, top, right, bottom, crop)
+        offset = _jpeg_crop.decode_crop(data, scale, left, top, right, bottom, rows)
     except ValueError:
         return None
-    return crop
+    return rows[:, offset : offset + right - left]
 
 
 def _decode_whole_then_crop(data: bytes, size: tuple[int, int], scale: int, box: Box) -> np.ndarray | None:
