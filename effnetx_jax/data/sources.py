@@ -119,21 +119,27 @@ def open_split(config, key: str):
     return ImageLabelRecords(builder.as_data_source(split=config[key]).data_source)
 
 
-@dataclasses.dataclass(frozen=True)
 class ImageLabelRecords:
     """A TFDS split's records as `{'image': encoded bytes, 'label': int}`, read from the serialized
     `tf.train.Example` of each record. TFDS's own per-record deserialisation (every feature, converted
     to numpy) takes longer than reading the record: about a tenth of a training image's preprocessing."""
 
-    serialized: object  # array_record's data source over the split's files: index -> serialized example
+    def __init__(self, serialized):
+        # Imported here, where the source is opened or unpickled (a Grain worker's main thread): the first
+        # import of tensorflow_datasets from a reader thread can deadlock in its lazy imports.
+        from tensorflow_datasets.proto import tf_example_pb2
+
+        self.serialized = serialized  # array_record's data source over the split's files: index -> bytes
+        self._parse = tf_example_pb2.Example.FromString
+
+    def __reduce__(self):
+        return ImageLabelRecords, (self.serialized,)
 
     def __len__(self) -> int:
         return len(self.serialized)
 
     def __getitem__(self, index: int) -> dict:
-        from tensorflow_datasets.proto import tf_example_pb2  # loaded already: open_split opened the dataset
-
-        feature = tf_example_pb2.Example.FromString(self.serialized[index]).features.feature
+        feature = self._parse(self.serialized[index]).features.feature
         return {"image": feature["image"].bytes_list.value[0], "label": feature["label"].int64_list.value[0]}
 
 
