@@ -251,3 +251,19 @@ def test_two_training_steps_with_randaugment_mixup_and_cutmix(tfds_dir, tmp_path
     assert metrics["step"] == 2
     assert np.isfinite(metrics["train/loss"]) and metrics["train/skipped_images"] == 0
     assert metrics["eval/examples"] == 24
+
+
+def test_tfds_records_are_tfds_own_image_bytes_and_labels_and_survive_pickling(tfds_dir):
+    import pickle
+
+    import tensorflow_datasets as tfds
+
+    config = image_config("synthetic_imagenet/small", tfds_dir)
+    records = sources.open_split(config, "eval_split")
+    builder = sources.ensure_prepared("synthetic_imagenet/small", tfds_dir)
+    tfds_own = builder.as_data_source(split="validation", decoders={"image": tfds.decode.SkipDecoding()})
+    unpickled = pickle.loads(pickle.dumps(records))  # as a Grain worker process receives it
+    assert len(records) == len(tfds_own) == len(unpickled)
+    for index in (0, len(records) - 1):
+        expected = {"image": tfds_own[index]["image"], "label": int(tfds_own[index]["label"])}
+        assert records[index] == unpickled[index] == expected
