@@ -44,18 +44,9 @@ def textured_jpeg(rng, height: int, width: int, subsampling: str, progressive: b
 
 
 def whole_then_crop(data: bytes, scale: int, box) -> np.ndarray:
-    """The reference: the whole image decoded at 1/scale by simplejpeg, then sliced."""
+    """The reference: the library's fallback, simplejpeg's whole decode at 1/scale, then sliced."""
     height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-    image = simplejpeg.decode_jpeg(
-        data,
-        colorspace="RGB",
-        fastdct=True,
-        min_height=math.ceil(height / scale),
-        min_width=math.ceil(width / scale),
-        min_factor=scale,
-    )
-    left, top, right, bottom = box
-    return image[top:bottom, left:right]
+    return decode._decode_whole_then_crop(data, (height, width), scale, box)
 
 
 def crop_only(jpeg_crop, data: bytes, scale: int, box) -> np.ndarray:

@@ -6,7 +6,7 @@ the settings of TensorFlow's `decode_jpeg`, which the reference pipeline uses. `
   decodes only the crop, as TF's `decode_and_crop_jpeg` does: the columns around it, none of the rows
   above it (skipped in the entropy decoder) and nothing below it. Its pixels are identical to those of a
   full decode then crop (it decodes a few columns either side so that chroma upsampling sees the real
-  neighbours: `tests/test_image_data.py` checks equality).
+  neighbours: `tests/test_jpeg_crop.py` checks equality).
 - without the extension, simplejpeg decodes the whole JPEG and the crop is sliced out of it.
 When a crop is at least twice the output resolution, the JPEG is decoded at 1/2, 1/4 or 1/8 scale in
 the DCT domain (libjpeg's scaled decoding), which costs a fraction of a full decode. Everything else

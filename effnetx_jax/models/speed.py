@@ -134,6 +134,11 @@ def random_variables(model, image, seed: int = 0) -> dict:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+def _check_step_counts(steps: int, warmup: int) -> None:
+    if steps < 1 or warmup < 0:
+        raise UserError(f"steps must be >= 1 and warmup >= 0, got {steps}, {warmup}")
+
+
 class CompiledStep:
     """One model's inference or train step compiled for this device, with its arguments, to time repeatedly
     (a train step carries its updated state to the next call)."""
@@ -163,8 +168,7 @@ class CompiledStep:
 
     def times(self, steps: int, warmup: int = 0) -> list[float]:
         """Seconds of each of `steps` calls after `warmup` untimed ones, each waited for."""
-        if steps < 1 or warmup < 0:
-            raise UserError(f"steps must be >= 1 and warmup >= 0, got {steps}, {warmup}")
+        _check_step_counts(steps, warmup)
         times = []
         for i in range(warmup + steps):
             start = time.perf_counter()
@@ -180,8 +184,7 @@ def benchmark(
     cfg, *, batch: int, mode: str = "infer", steps: int = 20, warmup: int = 3, resolution=None, remat: str = "none"
 ) -> dict:
     """Times one model config; returns the numbers `main` prints. `remat` as the trainer's `config.remat`."""
-    if steps < 1 or warmup < 0:
-        raise UserError(f"steps must be >= 1 and warmup >= 0, got {steps}, {warmup}")
+    _check_step_counts(steps, warmup)  # before compiling
     step = CompiledStep(cfg, batch=batch, mode=mode, resolution=resolution, remat=remat)
     times = step.times(steps, warmup)
     median = statistics.median(times)
