@@ -99,21 +99,43 @@ def get_config(model: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
     return config
 
 
-# Keys added after workdirs were first written: a config.json from before (tests/data/workdir_v0) lacks
-# them, and their recipe values keep such a run doing what it did.
-ADDED_KEYS = ("remat", "grad_accum_steps", "trust_coefficient", "lr_polynomial_power", "profile_steps")
+# Keys added after workdirs were first written (dotted for nested ones): a config.json from before
+# (tests/data/workdir_v0) lacks them, and their recipe values keep such a run doing what it did.
+ADDED_KEYS = (
+    "remat",
+    "grad_accum_steps",
+    "trust_coefficient",
+    "lr_polynomial_power",
+    "profile_steps",
+    "model.batch_norm_impl",
+)
 
 
 def with_added_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config`, or a copy of it with the recipe's value for each of `ADDED_KEYS` it lacks."""
-    missing = [key for key in ADDED_KEYS if key not in config]
+    missing = [key for key in ADDED_KEYS if _lookup(config, key) is _ABSENT]
     if not missing:
         return config
     defaults = get_config()
     config = config.copy_and_resolve_references()
     with config.unlocked():
         for key in missing:
-            config[key] = defaults[key]
+            parent, _, name = key.rpartition(".")
+            target = _lookup(config, parent) if parent else config
+            if target is not _ABSENT:
+                target[name] = _lookup(defaults, key)
+    return config
+
+
+_ABSENT = object()
+
+
+def _lookup(config, dotted: str):
+    """The value at a dotted key, or `_ABSENT` where any part of the path is missing."""
+    for part in dotted.split("."):
+        if part not in config:
+            return _ABSENT
+        config = config[part]
     return config
 
 

@@ -46,6 +46,7 @@ def test_per_stage_activation_and_conv_type():
         ("activation", "gelu", "config.model.activation"),
         ("dtype", "float16", "config.model.dtype"),
         ("depthwise_impl", "cudnn", "config.model.depthwise_impl"),
+        ("batch_norm_impl", "cudnn", "config.model.batch_norm_impl"),
         ("stage_activations", ("relu",), "one entry per stage (7)"),
         ("stage_conv_types", ("fused",) * 6 + ("grouped",), "config.model.stage_conv_types"),
         ("blocks", (), "config.model.blocks"),

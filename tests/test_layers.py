@@ -107,10 +107,11 @@ def _apply_batch_norm(module, x, variables=None):
     return y, updates["batch_stats"], variables
 
 
+@pytest.mark.parametrize("impl", ["fused", "autodiff"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_batch_norm_matches_flax_in_training_and_eval(dtype):
+def test_batch_norm_matches_flax_in_training_and_eval(dtype, impl):
     x = (jax.random.normal(jax.random.key(2), (4, 5, 5, 3)) * 3 + 1).astype(dtype)
-    ours = layers.BatchNorm(False, 0.99, 1e-3, dtype=dtype)
+    ours = layers.BatchNorm(False, 0.99, 1e-3, dtype=dtype, impl=impl)
     flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.99, epsilon=1e-3, dtype=dtype)
     y, stats, variables = _apply_batch_norm(ours, x)
     y_ref, stats_ref, _ = _apply_batch_norm(flax_bn, x, variables)
@@ -131,6 +132,51 @@ def test_grouped_batch_norm_normalises_each_slice_by_its_own_statistics():
     for name in ("mean", "var"):
         expected = np.mean([slice_stats[name] for _, slice_stats, _ in per_slice], axis=0)
         np.testing.assert_allclose(stats[name], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("activation", "groups", "dtype", "offset"),
+    [
+        (None, 1, jnp.float32, 1.0),
+        ("relu", 1, jnp.float32, 1.0),
+        ("swish", 1, jnp.float32, 1.0),
+        ("swish", 3, jnp.float32, 1.0),
+        # Channels whose mean is 20 standard deviations: the fused gradient subtracts mean * sum(grad).
+        ("swish", 1, jnp.float32, 20.0),
+        ("swish", 2, jnp.bfloat16, 1.0),
+    ],
+)
+def test_fused_batch_norm_gives_the_values_and_gradients_of_autodiff(activation, groups, dtype, offset):
+    key_x, key_g = jax.random.split(jax.random.key(groups))
+    x = (jax.random.normal(key_x, (6, 5, 7, 4)) * jnp.array([0.5, 1.0, 2.0, 3.0]) + offset).astype(dtype)
+    weights = jax.random.normal(key_g, x.shape)
+
+    def run(impl):
+        module = layers.batch_norm(True, 0.9, 1e-3, dtype, groups, activation, impl)
+        variables = module.init(jax.random.key(0), x)
+        params = {"scale": jnp.array([0.5, 1.0, 1.5, -2.0]), "bias": jnp.array([-1.0, 0.0, 0.5, 1.0])}
+
+        def loss(params, x):
+            y, updates = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+            return jnp.sum(y.astype(jnp.float32) * weights), (y, updates["batch_stats"])
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+
+    (value, (y, stats)), grads = run("fused")
+    (ref_value, (ref_y, ref_stats)), ref_grads = run("autodiff")
+    assert y.dtype == ref_y.dtype == dtype
+    tolerance = 2e-2 if dtype == jnp.bfloat16 else 1e-4
+    np.testing.assert_allclose(np.float32(y), np.float32(ref_y), rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(value, ref_value, rtol=tolerance, atol=tolerance)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), stats, ref_stats)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        scale = float(np.max(np.abs(np.float32(want))))
+        np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=0, atol=tolerance * scale)
+
+
+def test_auto_batch_norm_fuses_on_cpu_only():
+    assert layers.resolve_batch_norm_impl("auto") == ("fused" if jax.default_backend() == "cpu" else "autodiff")
+    assert layers.resolve_batch_norm_impl("autodiff") == "autodiff"
 
 
 @pytest.mark.parametrize("use_bias", [False, True])

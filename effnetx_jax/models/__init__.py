@@ -21,6 +21,7 @@ def create_model(cfg, bn_groups: int = 1, remat: str = "none") -> EfficientNet:
         architecture(cfg),
         dtype=jnp.dtype(cfg.dtype),
         depthwise_impl=cfg.depthwise_impl,
+        batch_norm_impl=cfg.batch_norm_impl,
         bn_groups=bn_groups,
         remat=remat,
     )

@@ -137,6 +137,7 @@ class Block(nn.Module):
     depthwise_impl: str
     dtype: jnp.dtype
     bn_groups: int = 1
+    batch_norm_impl: str = "auto"
 
     @staticmethod
     def body(spec: BlockSpec) -> tuple[ConvLayer, ...]:
@@ -180,9 +181,18 @@ class Block(nn.Module):
             x = GatedProjection(layer.out_channels, self.dtype, name=name)(x, gate)
         else:
             x = layers.conv(layer.out_channels, layer.kernel, layer.strides, dtype=self.dtype, name=name)(x)
-        bn = layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, self.bn_groups, name=layer.bn_name)
-        x = bn(x)
-        return layers.ACTIVATION_FNS[self.spec.activation](x) if layer.activation else x
+        activation = self.spec.activation if layer.activation else None
+        bn = layers.batch_norm(
+            train,
+            self.bn_momentum,
+            self.bn_epsilon,
+            self.dtype,
+            self.bn_groups,
+            activation,
+            self.batch_norm_impl,
+            name=layer.bn_name,
+        )
+        return bn(x)
 
     def _layers(self, x, train: bool):
         gate = None

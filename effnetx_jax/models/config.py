@@ -17,6 +17,7 @@ import ml_collections
 
 from effnetx_jax import config_files
 from effnetx_jax.models import block_string, costs, limits, registry, shapes
+from effnetx_jax.models.layers import BATCH_NORM_IMPLS
 from effnetx_jax.models.scaling import Architecture, BlockSpec, expand_stages, round_filters, round_repeats
 
 DTYPES = ("float32", "bfloat16")
@@ -53,6 +54,7 @@ def model_config(name: str = "efficientnet-x-b0") -> ml_collections.ConfigDict:
             "num_classes": 1000,
             "dtype": "float32",
             "depthwise_impl": "auto",
+            "batch_norm_impl": "auto",
         }
     )
 
@@ -100,6 +102,8 @@ def _check_fields(cfg) -> None:
         _fail("dtype", f"must be one of {DTYPES}, got {cfg.dtype!r}")
     if cfg.depthwise_impl not in DEPTHWISE_IMPLS:
         _fail("depthwise_impl", f"must be one of {DEPTHWISE_IMPLS}, got {cfg.depthwise_impl!r}")
+    if cfg.batch_norm_impl not in BATCH_NORM_IMPLS:
+        _fail("batch_norm_impl", f"must be one of {BATCH_NORM_IMPLS}, got {cfg.batch_norm_impl!r}")
     if isinstance(cfg.blocks, str) or not cfg.blocks:
         _fail("blocks", "must be a non-empty list of block strings")
     # Before decoding them: each string is at least one block.

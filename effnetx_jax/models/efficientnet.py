@@ -41,6 +41,7 @@ class EfficientNet(nn.Module):
     arch: Architecture
     dtype: jnp.dtype = jnp.float32
     depthwise_impl: str = "auto"
+    batch_norm_impl: str = "auto"
     bn_groups: int = 1
     remat: str = "none"
 
@@ -53,13 +54,21 @@ class EfficientNet(nn.Module):
     @nn.compact
     def _forward(self, images, train: bool):
         arch = self.arch
-        act = layers.ACTIVATION_FNS[arch.activation]
 
-        def bn(name):
-            return layers.batch_norm(train, arch.bn_momentum, arch.bn_epsilon, self.dtype, self.bn_groups, name=name)
+        def bn_act(name):
+            return layers.batch_norm(
+                train,
+                arch.bn_momentum,
+                arch.bn_epsilon,
+                self.dtype,
+                self.bn_groups,
+                arch.activation,
+                self.batch_norm_impl,
+                name=name,
+            )
 
         x = images.astype(self.dtype)
-        x = act(bn("stem_bn")(layers.conv(arch.stem_filters, 3, (2, 2), dtype=self.dtype, name="stem_conv")(x)))
+        x = bn_act("stem_bn")(layers.conv(arch.stem_filters, 3, (2, 2), dtype=self.dtype, name="stem_conv")(x))
         for spec in arch.blocks:
             block_type = BLOCK_TYPES[spec.block_type]
             block = (_rematerialised(block_type) if self.remat == "blocks" else block_type)(
@@ -69,10 +78,11 @@ class EfficientNet(nn.Module):
                 self.depthwise_impl,
                 self.dtype,
                 self.bn_groups,
+                self.batch_norm_impl,
                 name=f"blocks_{spec.index}",
             )
             x = block(x, train)
-        x = act(bn("head_bn")(layers.conv(arch.head_filters, 1, dtype=self.dtype, name="head_conv")(x)))
+        x = bn_act("head_bn")(layers.conv(arch.head_filters, 1, dtype=self.dtype, name="head_conv")(x))
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(arch.dropout, deterministic=not train)(x)
         logits = nn.Dense(

@@ -196,6 +196,7 @@ def benchmark(
         "resolution": step.resolution,
         "dtype": cfg.dtype,
         "depthwise_impl": cfg.depthwise_impl,
+        "batch_norm_impl": cfg.batch_norm_impl,
         "device": f"{device.platform}:{device.device_kind}",
         "compile_s": round(step.compile_s, 3),
         "steps": steps,

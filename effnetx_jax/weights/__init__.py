@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from effnetx_jax import config_files
+from effnetx_jax import config_files, recipe
 from effnetx_jax.errors import UserError
 from effnetx_jax.models import EfficientNet, create_model
 
@@ -48,10 +48,10 @@ def is_converted(directory: str) -> bool:
 
 def read_config(directory: str) -> ml_collections.ConfigDict:
     """The trainer config stored with the weights, `config.json` of a converted checkpoint or of a train.py
-    workdir, read as data."""
+    workdir, read as data; keys added since it was written get the values that keep its model as it was."""
     path = os.path.join(directory, CONFIG_FILE)
     if os.path.isfile(path):
-        return config_files.read_json(path)
+        return recipe.with_added_keys(config_files.read_json(path))
     if is_converted(directory) and os.path.isfile(os.path.join(directory, LEGACY_CONFIG_FILE)):
         raise UserError(
             f"{directory} was converted by an earlier effnetx_jax: it describes its model in "
