@@ -13,8 +13,9 @@ Sections, each printed as a table as soon as it is measured:
 3. A per-op profile of X-B0 and B0 inference at batch 128: a `jax.profiler` trace, its device ops
    summed by name, the top 15 by device time.
 4. The CPU-motivated fast paths of effnetx_jax.models (shifted-slice depthwise, the 1x1 convs as
-   matmuls, SE's gate folded into the projection's weights): both settings of each timed for B0 and
-   X-B0, which one is faster here, and whether the library's default picks it.
+   matmuls, SE's gate folded into the projection's weights, the fused BatchNorm's own gradient): both
+   settings of each timed for B0 and X-B0, which one is faster here, and whether the library's
+   default picks it.
 
 Timing: warm-up steps, then the median of `--steps` steps, each waited for (`block_until_ready`,
 `torch.cuda.synchronize`). `--out DIR` also writes results.json and the raw profile traces.
@@ -60,17 +61,23 @@ def config(name: str, **overrides):
     return cfg
 
 
-# Timed rows by (model, resolved depthwise impl, patch, mode, batch): a setting that is the default here
+# Timed rows by (model, resolved depthwise and BatchNorm impls, patch, mode, batch): a setting that is the default here
 # (section 4) or a B0 row already timed (section 2) is not compiled again.
 _TIMED: dict = {}
 
 
+def timed_key(cfg, *, batch, mode, patch="default"):
+    from effnetx_jax.models.layers import resolve_batch_norm_impl, resolve_depthwise_impl
+
+    impls = (resolve_depthwise_impl(cfg.depthwise_impl), resolve_batch_norm_impl(cfg.batch_norm_impl))
+    return (cfg.name, *impls, patch, mode, batch)
+
+
 def time_jax(cfg, *, batch, mode, settings, patch="default"):
     """One compiled step of ours timed: the row sections 1, 2 and 4 print, and the step (for the profile)."""
-    from effnetx_jax.models.layers import resolve_depthwise_impl
     from effnetx_jax.models.speed import CompiledStep
 
-    key = (cfg.name, resolve_depthwise_impl(cfg.depthwise_impl), patch, mode, batch)
+    key = timed_key(cfg, batch=batch, mode=mode, patch=patch)
     if key in _TIMED:
         return _TIMED[key], None
     step = CompiledStep(cfg, batch=batch, mode=mode, resolution=settings["resolution"])
@@ -345,29 +352,51 @@ def gate_the_activations():
 def fast_paths(settings, batch, tiny):
     """Each CPU-motivated choice: the library's default and the alternative, timed for B0 and X-B0
     (inference; the 1x1-conv choice was made for its gradient, so also the train step, except in
-    --tiny where it would be the CPU run's longest compile of a code path section 1 already ran)."""
+    --tiny where it would be the CPU run's longest compile of a code path section 1 already ran;
+    the BatchNorm choice only changes training, so its train step, in --tiny too)."""
     import jax
 
-    from effnetx_jax.models.layers import resolve_depthwise_impl
+    from effnetx_jax.models.layers import resolve_batch_norm_impl, resolve_depthwise_impl
 
     backend = jax.default_backend()
     auto = resolve_depthwise_impl("auto")
-    # (choice, what the default does here, {setting: (config overrides, context)}, modes)
+    # (choice, what the default does here, {setting: (config overrides, context)}, modes, modes in --tiny)
     choices = [
         (
             "depthwise_impl",
             auto,
             {"xla": ({"depthwise_impl": "xla"}, None), "shifted": ({"depthwise_impl": "shifted"}, None)},
             ["infer"],
+            ["infer"],
         ),
-        ("1x1 conv", "matmul", {"matmul": ({}, None), "nn.Conv": ({}, pointwise_as_conv)}, ["infer", "train"]),
-        ("SE gate", "weights", {"weights": ({}, None), "activations": ({}, gate_the_activations)}, ["infer"]),
+        (
+            "1x1 conv",
+            "matmul",
+            {"matmul": ({}, None), "nn.Conv": ({}, pointwise_as_conv)},
+            ["infer", "train"],
+            ["infer"],
+        ),
+        (
+            "SE gate",
+            "weights",
+            {"weights": ({}, None), "activations": ({}, gate_the_activations)},
+            ["infer"],
+            ["infer"],
+        ),
+        # Training only: inference normalises with the moving averages, where nothing is fused.
+        (
+            "batch_norm_impl",
+            resolve_batch_norm_impl("auto"),
+            {"fused": ({"batch_norm_impl": "fused"}, None), "autodiff": ({"batch_norm_impl": "autodiff"}, None)},
+            ["train"],
+            ["train"],
+        ),
     ]
     rows = []
-    for choice, default, options, modes in choices:
+    for choice, default, options, modes, tiny_modes in choices:
         for size in settings["models"][:1]:
             for name in names(size):
-                for mode in modes if not tiny else ["infer"]:
+                for mode in tiny_modes if tiny else modes:
                     timed = {}
                     for setting, (overrides, context) in options.items():
                         with context() if context else contextlib.nullcontext():
@@ -426,11 +455,9 @@ def main():
     if 2 in sections:
         results["ours_vs_timm"] = ours_vs_timm(settings, torch_device)
     if 3 in sections:
-        from effnetx_jax.models.layers import resolve_depthwise_impl
-
         for name in names("b0"):
             if name not in kept:
-                _TIMED.pop((name, resolve_depthwise_impl("auto"), "default", "infer", keep), None)  # want the step
+                _TIMED.pop(timed_key(config(name), batch=keep, mode="infer"), None)  # want the step
                 kept[name] = time_jax(config(name), batch=keep, mode="infer", settings=settings)[1]
         results["profile"] = profile(kept, settings, args.out, keep)
     kept.clear()

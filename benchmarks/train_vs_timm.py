@@ -3,11 +3,13 @@ process, rounds interleaved (the machine is shared: each round times both back t
 
     .venv/bin/pip install torch timm   # benchmark-time only; never a dependency of effnetx_jax
     .venv/bin/python benchmarks/train_vs_timm.py [--batch 16] [--rounds 5] [--steps 3] [--threads 2]
+                                                 [--batch_norm auto|fused|autodiff]
 
 Ours: `effnetx-bench --mode train`'s step (`models.speed.CompiledStep`), the trainer's own
 `make_train_step` with the official recipe: uint8 images normalised on the device, label smoothing 0.1,
 weight decay 1e-5 in the loss, TF RMSprop (decay 0.9, momentum 0.9, epsilon 1e-3), EMA of the weights
-and BatchNorm statistics, dropout 0.2 and drop-path 0.2, float32, XLA:CPU on every core.
+and BatchNorm statistics, dropout 0.2 and drop-path 0.2, float32, XLA:CPU on every core; `--batch_norm`
+as the model config's `batch_norm_impl` (`auto`, the default, is the fused gradient on CPU).
 timm's: the same work as PyTorch users write it: `efficientnet_b0` (drop rate 0.2, drop-path 0.2),
 channels_last, uint8 images normalised per step, `CrossEntropyLoss(label_smoothing=0.1)`, timm's
 `RMSpropTF` (the TF flavour: same decay, momentum, epsilon, weight decay 1e-5), `ModelEmaV3` (0.9999),
@@ -31,12 +33,14 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
-def ours(batch: int):
+def ours(batch: int, batch_norm_impl: str):
     """Our train step, compiled: a function timing `steps` calls (seconds each) and the compile time."""
     from effnetx_jax.models import model_config
     from effnetx_jax.models.speed import CompiledStep
 
-    step = CompiledStep(model_config("efficientnet-b0"), batch=batch, mode="train", resolution=RESOLUTION)
+    cfg = model_config("efficientnet-b0")
+    cfg.batch_norm_impl = batch_norm_impl
+    step = CompiledStep(cfg, batch=batch, mode="train", resolution=RESOLUTION)
     return step.times, step.compile_s
 
 
@@ -92,6 +96,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="timed steps of each side per round")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
+    # The values of models.layers.BATCH_NORM_IMPLS: importing it here would start JAX before host_memory.
+    parser.add_argument("--batch_norm", choices=["auto", "fused", "autodiff"], default="auto")
     args = parser.parse_args()
 
     import multiprocessing
@@ -109,9 +115,9 @@ def main():
         return connection.recv()
 
     retained = host_memory.retain_freed_memory()  # as effnetx-train and effnetx-bench do, before JAX starts
-    our_times, compile_s = ours(args.batch)
+    our_times, compile_s = ours(args.batch, args.batch_norm)
     print(
-        f"EfficientNet-B0 train step, batch {args.batch}, {RESOLUTION} px, float32; "
+        f"EfficientNet-B0 train step, batch {args.batch}, {RESOLUTION} px, float32, BatchNorm {args.batch_norm}; "
         f"ours compiled in {compile_s:.1f} s; freed host memory retained: {retained}"
     )
     our_times(1, warmup=3)  # first runs: allocator and caches warming up

@@ -94,6 +94,17 @@ def test_bench_reports_compile_and_step_times(tmp_path, capsys):
         assert result["compile_s"] > 0 and 0 < result["min_ms"] <= result["median_ms"]
         assert result["images_per_s"] == pytest.approx(4000 / result["median_ms"], rel=0.01)
         assert result["device"].startswith("cpu")
+        assert (result["depthwise_impl"], result["batch_norm_impl"]) == ("shifted", "fused")  # 'auto' on CPU
+
+
+def test_bench_flags_offer_every_implementation_the_model_config_accepts():
+    from absl import flags
+
+    from effnetx_jax.cli import bench
+    from effnetx_jax.models import REMAT_MODES, layers
+
+    assert flags.FLAGS[bench._BATCH_NORM.name].parser.enum_values == list(layers.BATCH_NORM_IMPLS)
+    assert flags.FLAGS[bench._REMAT.name].parser.enum_values == list(REMAT_MODES)
 
 
 @pytest.mark.slow

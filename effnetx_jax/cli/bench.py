@@ -18,7 +18,14 @@ _BATCH = flags.DEFINE_integer("batch", 32, "Images per step.", lower_bound=1)
 _MODE = flags.DEFINE_enum("mode", "infer", ["infer", "train"], "Inference, or a training step.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _DEPTHWISE = flags.DEFINE_enum("depthwise", "auto", ["auto", "xla", "shifted"], "Depthwise conv implementation.")
-# The values of models.REMAT_MODES, written out: this module imports no JAX before _main (effnetx_jax/cli).
+# The values of models.layers.BATCH_NORM_IMPLS and models.REMAT_MODES, written out: this module imports no
+# JAX before _main (effnetx_jax/cli).
+_BATCH_NORM = flags.DEFINE_enum(
+    "batch_norm",
+    "auto",
+    ["auto", "fused", "autodiff"],
+    "With --mode train: BatchNorm's gradient (config.model.batch_norm_impl).",
+)
 _REMAT = flags.DEFINE_enum(
     "remat", "none", ["none", "blocks", "full"], "With --mode train: what the backward pass recomputes (config.remat)."
 )
@@ -79,7 +86,7 @@ def _main(argv: list[str]) -> None:
         raise UserError("--plot needs --family")
     results = []
     for family, config in requested:
-        config.dtype, config.depthwise_impl = _DTYPE.value, _DEPTHWISE.value
+        config.dtype, config.depthwise_impl, config.batch_norm_impl = _DTYPE.value, _DEPTHWISE.value, _BATCH_NORM.value
         result = benchmark(
             config,
             batch=_BATCH.value,

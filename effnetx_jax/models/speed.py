@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from effnetx_jax.errors import UserError
-from effnetx_jax.models import REMAT_MODES, architecture, costs, create_model
+from effnetx_jax.models import REMAT_MODES, architecture, costs, create_model, layers
 from effnetx_jax.models.memory import MemoryEstimate
 
 # ImageNet's training images: the recipe's learning-rate schedule needs an epoch length; step times do not.
@@ -195,8 +195,9 @@ def benchmark(
         "batch": batch,
         "resolution": step.resolution,
         "dtype": cfg.dtype,
-        "depthwise_impl": cfg.depthwise_impl,
-        "batch_norm_impl": cfg.batch_norm_impl,
+        # What 'auto' resolved to on this backend: the figure is of that implementation.
+        "depthwise_impl": layers.resolve_depthwise_impl(cfg.depthwise_impl),
+        "batch_norm_impl": layers.resolve_batch_norm_impl(cfg.batch_norm_impl),
         "device": f"{device.platform}:{device.device_kind}",
         "compile_s": round(step.compile_s, 3),
         "steps": steps,
