@@ -14,7 +14,7 @@ from effnetx_jax.models import architecture, costs, create_model, model_config, 
 from effnetx_jax.models import summary as model_summary
 from effnetx_jax.models.block_parts import GatedProjection
 
-from command_line import error_line, run_tool
+from command_line import error_line, run_tool, tool_module
 from conftest import PLUMBING_BLOCKS
 
 TINY_CONFIG = f"""
@@ -100,8 +100,9 @@ def test_bench_reports_compile_and_step_times(tmp_path, capsys):
 def test_bench_flags_offer_every_implementation_the_model_config_accepts():
     from absl import flags
 
-    from effnetx_jax.cli import bench
     from effnetx_jax.models import REMAT_MODES, layers
+
+    bench = tool_module("bench")
 
     assert flags.FLAGS[bench._BATCH_NORM.name].parser.enum_values == list(layers.BATCH_NORM_IMPLS)
     assert flags.FLAGS[bench._REMAT.name].parser.enum_values == list(REMAT_MODES)
@@ -171,14 +172,15 @@ def test_bench_weights_have_the_models_shapes_and_initial_scales():
     assert np.all(stats["stem_bn"]["var"] == 1) and np.all(stats["stem_bn"]["mean"] == 0)
 
 
-# 8 outputs < 5*5 pixels: the weights are gated; 32 outputs: the activations are.
-@pytest.mark.parametrize("features", [8, 32])
-def test_gated_projection_equals_a_conv_of_the_gated_tensor(features):
-    x = jax.random.normal(jax.random.key(0), (3, 5, 5, 16))
-    gate = jax.nn.sigmoid(jax.random.normal(jax.random.key(1), (3, 1, 1, 16)))
+# 16 channels < 5*5 pixels: the weights are gated; 32 channels: the activations are.
+@pytest.mark.parametrize("channels", [16, 32])
+def test_gated_projection_equals_a_conv_of_the_gated_tensor(channels):
+    features = 8
+    x = jax.random.normal(jax.random.key(0), (3, 5, 5, channels))
+    gate = jax.nn.sigmoid(jax.random.normal(jax.random.key(1), (3, 1, 1, channels)))
     module = GatedProjection(features, jnp.float32)
     params = module.init(jax.random.key(2), x, gate)
-    assert params["params"]["kernel"].shape == (1, 1, 16, features)
+    assert params["params"]["kernel"].shape == (1, 1, channels, features)
     weights = jax.random.normal(jax.random.key(3), (3, 5, 5, features))
 
     def conv_of_gated(params, x, gate):
