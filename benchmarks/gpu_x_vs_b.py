@@ -349,6 +349,24 @@ def gate_the_activations():
         block_parts.GatedProjection = original
 
 
+def forcing_conv_kernel_grad(impl):
+    """A context forcing k x k convs' kernel gradient to `impl` ('windows' or 'xla') for one compile."""
+
+    @contextlib.contextmanager
+    def context():
+        from effnetx_jax.models import layers
+
+        original = layers.resolve_conv_kernel_grad
+        layers.resolve_conv_kernel_grad = lambda: impl
+        try:
+            yield
+        finally:
+            layers.resolve_conv_kernel_grad = original
+
+    context.__name__ = f"conv_kernel_grad_{impl}"  # the patch's name in the timed rows' key
+    return context
+
+
 def fast_paths(settings, batch, tiny):
     """Each CPU-motivated choice: the library's default and the alternative, timed for B0 and X-B0
     (inference; the 1x1-conv choice was made for its gradient, so also the train step, except in
@@ -356,7 +374,7 @@ def fast_paths(settings, batch, tiny):
     the BatchNorm choice only changes training, so its train step, in --tiny too)."""
     import jax
 
-    from effnetx_jax.models.layers import resolve_batch_norm_impl, resolve_depthwise_impl
+    from effnetx_jax.models.layers import resolve_batch_norm_impl, resolve_conv_kernel_grad, resolve_depthwise_impl
 
     backend = jax.default_backend()
     auto = resolve_depthwise_impl("auto")
@@ -382,6 +400,17 @@ def fast_paths(settings, batch, tiny):
             {"weights": ({}, None), "activations": ({}, gate_the_activations)},
             ["infer"],
             ["infer"],
+        ),
+        # Training only, as the next: the forward pass is XLA's conv either way.
+        (
+            "conv kernel grad",
+            resolve_conv_kernel_grad(),
+            {
+                impl: ({}, None if impl == resolve_conv_kernel_grad() else forcing_conv_kernel_grad(impl))
+                for impl in ("windows", "xla")
+            },
+            ["train"],
+            ["train"],
         ),
         # Training only: inference normalises with the moving averages, where nothing is fused.
         (
@@ -410,13 +439,18 @@ def fast_paths(settings, batch, tiny):
                             "choice": choice,
                             "model": name,
                             "mode": mode,
-                            **{f"{k} ms": v for k, v in timed.items()},
+                            # Each choice has two settings: the same columns for every row.
+                            **{
+                                column: value
+                                for number, (setting, ms) in enumerate(timed.items(), start=1)
+                                for column, value in ((f"setting {number}", setting), (f"ms {number}", ms))
+                            },
                             "faster": faster,
                             "default": default,
                             "flag": "" if faster == default else "MISMATCH",
                         }
                     )
-    columns = sorted({c for r in rows for c in r}, key=lambda c: list(rows[0]).index(c) if c in rows[0] else 3)
+    columns = list(rows[0])
     print_table(
         f"4. CPU-motivated fast paths on {backend} (auto depthwise resolves to {auto!r}), batch {batch}", rows, columns
     )

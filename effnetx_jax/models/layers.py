@@ -174,6 +174,79 @@ class DepthwiseConv(nn.Module):
         return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.impl)
 
 
+def resolve_conv_kernel_grad() -> str:
+    """How a k x k conv's kernel gradient is computed: 'windows' (`_window_kernel_grad`) on CPU, where
+    XLA:CPU's own took 3-4x as long (docs/models.md), and XLA's ('xla') on every other backend."""
+    return "windows" if jax.default_backend() == "cpu" else "xla"
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+    pads = [
+        same_padding(x.shape[1], kernel.shape[0], strides[0]),
+        same_padding(x.shape[2], kernel.shape[1], strides[1]),
+    ]
+    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _window_kernel_grad(x: jax.Array, grad_out: jax.Array, kernel_shape, strides) -> jax.Array:
+    """The kernel gradient as 2-D matmuls over the N*H*W output pixels: each tap's input window
+    (transposed) times the output gradient. Where the taps' windows together are no wider than the
+    output (a stem on 3 channels), one matmul of all of them (im2col); else one per tap, which never
+    holds the k*k-times-wider patches."""
+    kh, kw, in_channels, out_channels = kernel_shape
+    out_h, out_w = grad_out.shape[1:3]
+    phases = _phases(x, kh, kw, strides)
+    windows = [_window(phases, i, j, out_h, out_w).reshape(-1, in_channels) for i in range(kh) for j in range(kw)]
+    grad_out = grad_out.reshape(-1, out_channels)
+    if kh * kw * in_channels <= out_channels:
+        return jnp.dot(jnp.concatenate(windows, axis=-1).T, grad_out).reshape(kernel_shape)
+    return jnp.stack([jnp.dot(window.T, grad_out) for window in windows]).reshape(kernel_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_with_window_kernel_grad(x, kernel, strides):
+    return _xla_conv(x, kernel, strides)
+
+
+def _conv_with_window_kernel_grad_fwd(x, kernel, strides):
+    return _xla_conv(x, kernel, strides), (x, kernel)
+
+
+def _conv_with_window_kernel_grad_bwd(strides, residuals, grad_out):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x: _xla_conv(x, kernel, strides), x)  # XLA's own: not the slow part
+    grad_kernel = _window_kernel_grad(x, grad_out, kernel.shape, strides)
+    return input_vjp(grad_out)[0], grad_kernel.astype(kernel.dtype)
+
+
+_conv_with_window_kernel_grad.defvjp(_conv_with_window_kernel_grad_fwd, _conv_with_window_kernel_grad_bwd)
+
+
+class Conv(nn.Module):
+    """A k x k conv with TF SAME padding: `nn.Conv`'s params, initialiser and forward pass, and on CPU
+    (`resolve_conv_kernel_grad`) the kernel gradient of `_window_kernel_grad`. Tested equal to
+    `nn.Conv` in values and gradients."""
+
+    features: int
+    kernel_size: int
+    strides: tuple[int, int]
+    use_bias: bool
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", conv_kernel_init, shape, jnp.float32)
+        x, kernel, strides = x.astype(self.dtype), kernel.astype(self.dtype), tuple(self.strides)
+        if resolve_conv_kernel_grad() == "windows":
+            y = _conv_with_window_kernel_grad(x, kernel, strides)
+        else:
+            y = _xla_conv(x, kernel, strides)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype)
+        return y
+
+
 class PointwiseConv(nn.Module):
     """A 1x1 stride-1 conv as a matmul over the channel axis of the [N*H*W, C] pixels.
 
@@ -199,21 +272,11 @@ class PointwiseConv(nn.Module):
 def conv(features: int, kernel_size: int, strides=(1, 1), *, dtype, use_bias=False, name=None) -> nn.Module:
     """A TF-style conv: SAME padding (odd pixel at the end, as `flax.linen.Conv`), float32 params.
 
-    1x1 stride-1 convs are `PointwiseConv` matmuls, with the same params as the `nn.Conv` otherwise used.
+    1x1 stride-1 convs are `PointwiseConv` matmuls and the others `Conv`, both with `nn.Conv`'s params.
     """
     if kernel_size == 1 and tuple(strides) == (1, 1):
         return PointwiseConv(features, use_bias, dtype, name=name)
-    return nn.Conv(
-        features,
-        (kernel_size, kernel_size),
-        strides=tuple(strides),
-        padding="SAME",
-        use_bias=use_bias,
-        kernel_init=conv_kernel_init,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
+    return Conv(features, kernel_size, tuple(strides), use_bias, dtype, name=name)
 
 
 class BatchNorm(nn.Module):
