@@ -191,16 +191,31 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.
 def _window_kernel_grad(x: jax.Array, grad_out: jax.Array, kernel_shape, strides) -> jax.Array:
     """The kernel gradient as 2-D matmuls over the N*H*W output pixels: each tap's input window
     (transposed) times the output gradient. Where the taps' windows together are no wider than the
-    output (a stem on 3 channels), one matmul of all of them (im2col); else one per tap, which never
-    holds the k*k-times-wider patches."""
+    output (a stem on 3 channels), one matmul of all of them (im2col); else one per tap, in a loop so
+    that one window at a time is held rather than all k*k."""
     kh, kw, in_channels, out_channels = kernel_shape
-    out_h, out_w = grad_out.shape[1:3]
+    n, out_h, out_w, _ = grad_out.shape
     phases = _phases(x, kh, kw, strides)
-    windows = [_window(phases, i, j, out_h, out_w).reshape(-1, in_channels) for i in range(kh) for j in range(kw)]
     grad_out = grad_out.reshape(-1, out_channels)
+
+    def over_pixels(a, b):  # a.T @ b, contracting the pixel axis in place rather than transposing `a`
+        return lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+
     if kh * kw * in_channels <= out_channels:
-        return jnp.dot(jnp.concatenate(windows, axis=-1).T, grad_out).reshape(kernel_shape)
-    return jnp.stack([jnp.dot(window.T, grad_out) for window in windows]).reshape(kernel_shape)
+        windows = [_window(phases, i, j, out_h, out_w) for i in range(kh) for j in range(kw)]
+        return over_pixels(jnp.concatenate(windows, axis=-1).reshape(-1, kh * kw * in_channels), grad_out).reshape(
+            kernel_shape
+        )
+    s0, s1 = strides
+
+    def tap(index, grads):
+        i, j = index // kw, index % kw
+        start = (0, i // s0, i % s0, j // s1, j % s1, 0)
+        window = lax.dynamic_slice(phases, start, (n, out_h, 1, out_w, 1, in_channels))
+        return grads.at[index].set(over_pixels(window.reshape(-1, in_channels), grad_out))
+
+    grads = jnp.zeros((kh * kw, in_channels, out_channels), grad_out.dtype)
+    return lax.fori_loop(0, kh * kw, tap, grads).reshape(kernel_shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
