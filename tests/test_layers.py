@@ -179,49 +179,15 @@ def test_auto_batch_norm_fuses_on_cpu_only():
     assert layers.resolve_batch_norm_impl("autodiff") == "autodiff"
 
 
-@pytest.mark.parametrize("use_bias", [False, True])
-def test_pointwise_conv_matches_a_1x1_nn_conv_in_params_values_and_gradients(use_bias):
-    x = jax.random.normal(jax.random.key(3), (2, 5, 6, 8))
-    pointwise = layers.conv(12, 1, dtype=jnp.float32, use_bias=use_bias)
-    assert isinstance(pointwise, layers.PointwiseConv)
-    reference = nn.Conv(12, (1, 1), use_bias=use_bias, kernel_init=layers.conv_kernel_init)
-    params = pointwise.init(jax.random.key(4), x)
-    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference.init(jax.random.key(4), x))
-    # Same initialiser too: the same key gives the same kernel.
-    np.testing.assert_array_equal(params["params"]["kernel"], reference.init(jax.random.key(4), x)["params"]["kernel"])
+def assert_same_as_nn_conv(conv, reference, x, use_bias):
+    """`conv` has `reference`'s params (the same key gives the same kernel: same initialiser), and with
+    them its values and gradients (biases offset from their zero init, so that they count)."""
+    params = conv.init(jax.random.key(4), x)
+    reference_params = reference.init(jax.random.key(4), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference_params)
+    np.testing.assert_array_equal(params["params"]["kernel"], reference_params["params"]["kernel"])
     if use_bias:
         params = jax.tree.map(lambda p: p + 0.5, params)
-    weights = jax.random.normal(jax.random.key(5), (2, 5, 6, 12))
-
-    def loss(module):
-        return lambda params, x: jnp.sum(module.apply(params, x) * weights)
-
-    value, grads = jax.jit(jax.value_and_grad(loss(pointwise), argnums=(0, 1)))(params, x)
-    ref_value, ref_grads = jax.jit(jax.value_and_grad(loss(reference), argnums=(0, 1)))(params, x)
-    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
-    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-# (kernel, stride, in, out, size): the taps' windows as one matmul (3*3*2 <= 32), one matmul per tap
-# (3*3*8 > 12), a 2x2 stride-2 space-to-depth conv, and odd sizes where SAME pads the end more.
-@pytest.mark.parametrize("kernel_grad", ["windows", "xla"])
-@pytest.mark.parametrize(
-    ("kernel", "stride", "channels", "features", "size"),
-    [(3, 2, 2, 32, 9), (3, 1, 8, 12, 7), (2, 2, 8, 16, 6), (5, 2, 4, 8, 11)],
-)
-def test_conv_matches_nn_conv_in_params_values_and_gradients(
-    kernel, stride, channels, features, size, kernel_grad, monkeypatch
-):
-    monkeypatch.setattr(layers, "resolve_conv_kernel_grad", lambda: kernel_grad)
-    x = jax.random.normal(jax.random.key(3), (3, size, size + 1, channels))
-    conv = layers.conv(features, kernel, (stride, stride), dtype=jnp.float32)
-    assert isinstance(conv, layers.Conv)
-    reference = nn.Conv(
-        features, (kernel, kernel), strides=(stride, stride), use_bias=False, kernel_init=layers.conv_kernel_init
-    )
-    params = conv.init(jax.random.key(4), x)
-    np.testing.assert_array_equal(params["params"]["kernel"], reference.init(jax.random.key(4), x)["params"]["kernel"])
     weights = jax.random.normal(jax.random.key(5), reference.apply(params, x).shape)
 
     def loss(module):
@@ -232,3 +198,31 @@ def test_conv_matches_nn_conv_in_params_values_and_gradients(
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_pointwise_conv_matches_a_1x1_nn_conv_in_params_values_and_gradients(use_bias):
+    pointwise = layers.conv(12, 1, dtype=jnp.float32, use_bias=use_bias)
+    assert isinstance(pointwise, layers.PointwiseConv)
+    reference = nn.Conv(12, (1, 1), use_bias=use_bias, kernel_init=layers.conv_kernel_init)
+    assert_same_as_nn_conv(pointwise, reference, jax.random.normal(jax.random.key(3), (2, 5, 6, 8)), use_bias)
+
+
+# (kernel, stride, in, out, size, bias): the taps' windows as one matmul (3*3*2 <= 32), one matmul per
+# tap (3*3*8 > 12), a 2x2 stride-2 space-to-depth conv, and odd sizes where SAME pads the end more.
+@pytest.mark.parametrize("kernel_grad", ["windows", "xla"])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "channels", "features", "size", "use_bias"),
+    [(3, 2, 2, 32, 9, False), (3, 1, 8, 12, 7, True), (2, 2, 8, 16, 6, False), (5, 2, 4, 8, 11, False)],
+)
+def test_conv_matches_nn_conv_in_params_values_and_gradients(
+    kernel, stride, channels, features, size, use_bias, kernel_grad, monkeypatch
+):
+    monkeypatch.setattr(layers, "resolve_conv_kernel_grad", lambda: kernel_grad)
+    conv = layers.conv(features, kernel, (stride, stride), dtype=jnp.float32, use_bias=use_bias)
+    assert isinstance(conv, layers.Conv)
+    reference = nn.Conv(
+        features, (kernel, kernel), strides=(stride, stride), use_bias=use_bias, kernel_init=layers.conv_kernel_init
+    )
+    x = jax.random.normal(jax.random.key(3), (3, size, size + 1, channels))
+    assert_same_as_nn_conv(conv, reference, x, use_bias)
