@@ -1,4 +1,4 @@
-"""Layers shared by the blocks: TF initialisers and padding, a backend-aware depthwise conv, BN,
+"""Layers shared by the blocks: TF initialisers and padding, backend-aware depthwise, 1x1 and k x k convs, BN,
 space-to-batch and drop-path."""
 
 from __future__ import annotations
