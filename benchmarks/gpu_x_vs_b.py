@@ -13,9 +13,9 @@ Sections, each printed as a table as soon as it is measured:
 3. A per-op profile of X-B0 and B0 inference at batch 128: a `jax.profiler` trace, its device ops
    summed by name, the top 15 by device time.
 4. The CPU-motivated fast paths of effnetx_jax.models (shifted-slice depthwise, the 1x1 convs as
-   matmuls, SE's gate folded into the projection's weights, the fused BatchNorm's own gradient): both
-   settings of each timed for B0 and X-B0, which one is faster here, and whether the library's
-   default picks it.
+   matmuls, SE's gate folded into the projection's weights, k x k convs' kernel gradient as matmuls
+   of shifted windows, the fused BatchNorm's own gradient): both settings of each timed for B0 and
+   X-B0, which one is faster here, and whether the library's default picks it.
 
 Timing: warm-up steps, then the median of `--steps` steps, each waited for (`block_until_ready`,
 `torch.cuda.synchronize`). `--out DIR` also writes results.json and the raw profile traces.
@@ -378,6 +378,7 @@ def fast_paths(settings, batch, tiny):
 
     backend = jax.default_backend()
     auto = resolve_depthwise_impl("auto")
+    kernel_grad = resolve_conv_kernel_grad()
     # (choice, what the default does here, {setting: (config overrides, context)}, modes, modes in --tiny)
     choices = [
         (
@@ -404,9 +405,9 @@ def fast_paths(settings, batch, tiny):
         # Training only, as the next: the forward pass is XLA's conv either way.
         (
             "conv kernel grad",
-            resolve_conv_kernel_grad(),
+            kernel_grad,
             {
-                impl: ({}, None if impl == resolve_conv_kernel_grad() else forcing_conv_kernel_grad(impl))
+                impl: ({}, None if impl == kernel_grad else forcing_conv_kernel_grad(impl))
                 for impl in ("windows", "xla")
             },
             ["train"],

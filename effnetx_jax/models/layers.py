@@ -46,23 +46,25 @@ def resolve_depthwise_impl(impl: str) -> str:
     return impl
 
 
+def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], groups: int = 1) -> jax.Array:
+    """XLA's convolution of NHWC `x` with an HWIO kernel, TF SAME padding, `groups` feature groups."""
+    pads = [
+        same_padding(x.shape[1], kernel.shape[0], strides[0]),
+        same_padding(x.shape[2], kernel.shape[1], strides[1]),
+    ]
+    return lax.conv_general_dilated(
+        x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups
+    )
+
+
 def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], impl: str) -> jax.Array:
     """Depthwise conv of NHWC `x` with a [kh, kw, 1, C] kernel, TF SAME padding.
 
     'xla' is a grouped convolution; 'shifted' sums kh*kw strided slices of the padded input times
     per-channel weights. Both read the same kernel, so checkpoints do not depend on the choice.
     """
-    kh, kw = kernel.shape[:2]
-    pads = (same_padding(x.shape[1], kh, strides[0]), same_padding(x.shape[2], kw, strides[1]))
     if resolve_depthwise_impl(impl) == "xla":
-        return lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=strides,
-            padding=pads,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=x.shape[-1],
-        )
+        return _xla_conv(x, kernel, tuple(strides), groups=x.shape[-1])
     return _shifted_depthwise(x, kernel, tuple(strides))
 
 
@@ -180,14 +182,6 @@ def resolve_conv_kernel_grad() -> str:
     return "windows" if jax.default_backend() == "cpu" else "xla"
 
 
-def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
-    pads = [
-        same_padding(x.shape[1], kernel.shape[0], strides[0]),
-        same_padding(x.shape[2], kernel.shape[1], strides[1]),
-    ]
-    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def _window_kernel_grad(x: jax.Array, grad_out: jax.Array, kernel_shape, strides) -> jax.Array:
     """The kernel gradient as 2-D matmuls over the N*H*W output pixels: each tap's input window
     (transposed) times the output gradient. Where the taps' windows together are no wider than the
@@ -257,9 +251,7 @@ class Conv(nn.Module):
             y = _conv_with_window_kernel_grad(x, kernel, strides)
         else:
             y = _xla_conv(x, kernel, strides)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype)
-        return y
+        return _with_bias(self, y) if self.use_bias else y
 
 
 class PointwiseConv(nn.Module):
@@ -279,9 +271,13 @@ class PointwiseConv(nn.Module):
         kernel = self.param("kernel", conv_kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
         # The 2-D matmul: a dot over [N, H, W, C] is a batched one and 2-6x slower to differentiate.
         y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel[0, 0].astype(self.dtype))
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype)
+        y = _with_bias(self, y) if self.use_bias else y
         return y.reshape(*x.shape[:-1], self.features)
+
+
+def _with_bias(conv: nn.Module, y: jax.Array) -> jax.Array:
+    """`y` plus `conv`'s `bias` parameter (`nn.Conv`'s: float32, zeros at init), in `conv.dtype`."""
+    return y + conv.param("bias", nn.initializers.zeros_init(), (conv.features,), jnp.float32).astype(conv.dtype)
 
 
 def conv(features: int, kernel_size: int, strides=(1, 1), *, dtype, use_bias=False, name=None) -> nn.Module:
