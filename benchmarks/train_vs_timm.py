@@ -17,7 +17,9 @@ channels_last, uint8 images normalised per step, `CrossEntropyLoss(label_smoothi
 
 timm runs in a child process started with the process defaults a PyTorch user has; ours in this one,
 with freed host memory retained as the command-line tools set it (`effnetx_jax.host_memory`;
-`EFFNETX_RETAIN_FREED_MEMORY=0` to compare without). Prints each round's img/s of both and the ratio
+`EFFNETX_RETAIN_FREED_MEMORY=0` to compare without) and compiled as the trainer compiles it
+(`effnetx_jax.cpu_codegen`: 512-bit vectors on AVX-512 CPUs; `EFFNETX_CPU_VECTOR_WIDTH=256` to compare
+without). Prints each round's img/s of both and the ratio
 ours/timm: the median of the rounds' ratios, since the other users of a shared machine change the speeds
 from round to round much more than the ratio of two steps timed back to back.
 """
@@ -116,9 +118,12 @@ def main():
 
     retained = host_memory.retain_freed_memory()  # as effnetx-train and effnetx-bench do, before JAX starts
     our_times, compile_s = ours(args.batch, args.batch_norm)
+    from effnetx_jax import cpu_codegen
+
     print(
         f"EfficientNet-B0 train step, batch {args.batch}, {RESOLUTION} px, float32, BatchNorm {args.batch_norm}; "
-        f"ours compiled in {compile_s:.1f} s; freed host memory retained: {retained}"
+        f"ours compiled in {compile_s:.1f} s with {cpu_codegen.compiler_options() or 'XLA defaults'}; "
+        f"freed host memory retained: {retained}"
     )
     our_times(1, warmup=3)  # first runs: allocator and caches warming up
     their_times(1, warmup=3)

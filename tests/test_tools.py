@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effnetx_jax import cpu_codegen
 from effnetx_jax.models import architecture, costs, create_model, model_config, speed
 from effnetx_jax.models import summary as model_summary
 from effnetx_jax.models.block_parts import GatedProjection
@@ -95,6 +96,7 @@ def test_bench_reports_compile_and_step_times(tmp_path, capsys):
         assert result["images_per_s"] == pytest.approx(4000 / result["median_ms"], rel=0.01)
         assert result["device"].startswith("cpu")
         assert (result["depthwise_impl"], result["batch_norm_impl"]) == ("shifted", "fused")  # 'auto' on CPU
+        assert result["compiler_options"] == cpu_codegen.compiler_options()
 
 
 def test_bench_flags_offer_every_implementation_the_model_config_accepts():

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 import ml_collections
 from absl import app, flags
 
-from effnetx_jax import config_files, host_memory
+from effnetx_jax import config_files, cpu_codegen, host_memory
 from effnetx_jax.errors import UserError, root_cause
 
 TRACEBACK_ENV = "EFFNETX_TRACEBACK"
@@ -163,6 +163,7 @@ def run(
     # Before JAX starts its threads: each picks its malloc arena on its first allocation.
     host_memory.retain_freed_memory()
     with one_line_errors("--traceback" in argv):
+        cpu_codegen.vector_width()  # refuses a bad EFFNETX_CPU_VECTOR_WIDTH before any work
         for flag, spec in _config_file_arguments(argv[1:], config_flags):
             check_config_file(spec, flag)
 

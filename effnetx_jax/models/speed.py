@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from effnetx_jax import cpu_codegen
 from effnetx_jax.errors import UserError
 from effnetx_jax.models import REMAT_MODES, architecture, costs, create_model, layers
 from effnetx_jax.models.memory import MemoryEstimate
@@ -62,7 +63,15 @@ def _trainer_step(config):
     steps_per_epoch = IMAGENET_TRAIN_IMAGES / config.batch_size
     tx, schedule = optim.create_optimizer(config, steps_per_epoch, int(config.total_epochs * steps_per_epoch))
     model = create_model(config.model, remat=config.remat)
-    return model, tx, jax.jit(steps.make_train_step(model, tx, schedule, config), donate_argnums=0)
+    return (
+        model,
+        tx,
+        jax.jit(
+            steps.make_train_step(model, tx, schedule, config),
+            donate_argnums=0,
+            compiler_options=cpu_codegen.compiler_options(),
+        ),
+    )
 
 
 def _train_state(tx, variables):
@@ -154,7 +163,7 @@ class CompiledStep:
         image = jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
         if mode == "infer":
             model = create_model(cfg)
-            step = jax.jit(_infer_step(model))
+            step = jax.jit(_infer_step(model), compiler_options=cpu_codegen.compiler_options())
             images = jax.random.normal(jax.random.key(0), (batch, *image.shape[1:]), jnp.float32)
             self.args = (jax.device_put(random_variables(model, image)), images)
         else:
@@ -198,6 +207,7 @@ def benchmark(
         # What 'auto' resolved to on this backend: the figure is of that implementation.
         "depthwise_impl": layers.resolve_depthwise_impl(cfg.depthwise_impl),
         "batch_norm_impl": layers.resolve_batch_norm_impl(cfg.batch_norm_impl),
+        "compiler_options": cpu_codegen.compiler_options(),
         "device": f"{device.platform}:{device.device_kind}",
         "compile_s": round(step.compile_s, 3),
         "steps": steps,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import jax
 
-from effnetx_jax import data
+from effnetx_jax import cpu_codegen, data
 from effnetx_jax import weights as weights_lib
 from effnetx_jax.errors import UserError
 from effnetx_jax.train import sharding
@@ -32,6 +32,7 @@ def make_evaluator(components: Components, state_sharding) -> Callable[..., Eval
         make_eval_step(components.model, components.config),
         in_shardings=(state_sharding, components.batch_sharding),
         out_shardings=components.replicated,
+        compiler_options=cpu_codegen.compiler_options(),
     )
 
     def evaluate(state) -> EvalMetrics:

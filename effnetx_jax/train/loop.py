@@ -8,7 +8,7 @@ import jax
 from absl import logging
 from clu import parameter_overview, periodic_actions
 
-from effnetx_jax import data
+from effnetx_jax import cpu_codegen, data
 from effnetx_jax.models import memory
 from effnetx_jax.train import init_from, multihost, workdir_lock
 from effnetx_jax.train.checkpoints import Checkpoints
@@ -88,6 +88,7 @@ def _compiled_train_step(components, state, state_sharding, rng):
             in_shardings=(state_sharding, components.batch_sharding, components.replicated),
             out_shardings=(state_sharding, components.replicated),
             donate_argnums=0,
+            compiler_options=cpu_codegen.compiler_options(),
         )
         .lower(state, components.abstract_batch(), rng)
         .compile()
