@@ -15,7 +15,8 @@ Sections, each printed as a table as soon as it is measured:
 4. The CPU-motivated fast paths of effnetx_jax.models (shifted-slice depthwise, the 1x1 convs as
    matmuls, SE's gate folded into the projection's weights, k x k convs' kernel gradient as matmuls
    of shifted windows, the fused BatchNorm's own gradient): both settings of each timed for B0 and
-   X-B0, which one is faster here, and whether the library's default picks it.
+   X-B0, which one is faster here, and whether the library's default picks it. The table's title also
+   names the XLA:CPU compile options the steps get here (`effnetx_jax.cpu_codegen`; none off the CPU).
 
 Timing: warm-up steps, then the median of `--steps` steps, each waited for (`block_until_ready`,
 `torch.cuda.synchronize`). `--out DIR` also writes results.json and the raw profile traces.
@@ -451,10 +452,11 @@ def fast_paths(settings, batch, tiny):
                             "flag": "" if faster == default else "MISMATCH",
                         }
                     )
+    from effnetx_jax import cpu_codegen
+
     columns = list(rows[0])
-    print_table(
-        f"4. CPU-motivated fast paths on {backend} (auto depthwise resolves to {auto!r}), batch {batch}", rows, columns
-    )
+    title = f"4. CPU-motivated fast paths on {backend} (auto depthwise resolves to {auto!r}), batch {batch}"
+    print_table(f"{title}; compile options {cpu_codegen.compiler_options() or 'none'}", rows, columns)
     return rows
 
 

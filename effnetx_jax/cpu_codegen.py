@@ -5,7 +5,7 @@ safe on every x86 CPU. On a CPU with AVX-512 the elementwise and reduction loops
 (BatchNorm, activations, the shifted-slice depthwise conv, their gradients) do twice the work per
 instruction at 512 bits. Measured on this project's AMD EPYC (AVX-512), each compile option against the
 default in one process, rounds interleaved: EfficientNet-B0's train step 1.09x, its inference 1.10x,
-EfficientNet-X-B0's 1.03x both ways (docs/summary_and_bench.md). So `compiler_options()` asks for 512
+EfficientNet-X-B0's 0.94-1.03x (docs/models.md, implementation notes). So `compiler_options()` asks for 512
 bits where the CPU has AVX-512 and the steps run on the CPU, and for nothing otherwise: an accelerator's
 compiler knows no XLA:CPU option, and without AVX-512 256 bits is already the widest.
 
