@@ -82,10 +82,17 @@ def _phases(x: jax.Array, kh: int, kw: int, strides) -> jax.Array:
     return padded.reshape(n, hp // s0, s0, wp // s1, s1, c)
 
 
+def _tap_origin(phases: jax.Array, i, j) -> tuple:
+    """Where kernel tap (i, j)'s window starts in `phases`: (row, row phase, column, column phase).
+    `i` and `j` may be Python ints or traced ones (a loop over the taps)."""
+    s0, s1 = phases.shape[2], phases.shape[4]
+    return i // s0, i % s0, j // s1, j % s1
+
+
 def _window(phases: jax.Array, i: int, j: int, out_h: int, out_w: int) -> jax.Array:
     """The [N, out_h, out_w, C] window of the padded input that kernel tap (i, j) multiplies."""
-    s0, s1 = phases.shape[2], phases.shape[4]
-    return phases[:, i // s0 : i // s0 + out_h, i % s0, j // s1 : j // s1 + out_w, j % s1]
+    row, row_phase, column, column_phase = _tap_origin(phases, i, j)
+    return phases[:, row : row + out_h, row_phase, column : column + out_w, column_phase]
 
 
 def _sum_of_taps(phases: jax.Array, kernel: jax.Array, out_h: int, out_w: int) -> jax.Array:
@@ -200,11 +207,9 @@ def _window_kernel_grad(x: jax.Array, grad_out: jax.Array, kernel_shape, strides
         return over_pixels(jnp.concatenate(windows, axis=-1).reshape(-1, kh * kw * in_channels), grad_out).reshape(
             kernel_shape
         )
-    s0, s1 = strides
 
     def tap(index, grads):
-        i, j = index // kw, index % kw
-        start = (0, i // s0, i % s0, j // s1, j % s1, 0)
+        start = (0, *_tap_origin(phases, index // kw, index % kw), 0)
         window = lax.dynamic_slice(phases, start, (n, out_h, 1, out_w, 1, in_channels))
         return grads.at[index].set(over_pixels(window.reshape(-1, in_channels), grad_out))
 
