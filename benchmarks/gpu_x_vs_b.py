@@ -375,6 +375,7 @@ def fast_paths(settings, batch, tiny):
     the BatchNorm choice only changes training, so its train step, in --tiny too)."""
     import jax
 
+    from effnetx_jax import cpu_codegen
     from effnetx_jax.models.layers import resolve_batch_norm_impl, resolve_conv_kernel_grad, resolve_depthwise_impl
 
     backend = jax.default_backend()
@@ -452,8 +453,6 @@ def fast_paths(settings, batch, tiny):
                             "flag": "" if faster == default else "MISMATCH",
                         }
                     )
-    from effnetx_jax import cpu_codegen
-
     columns = list(rows[0])
     title = f"4. CPU-motivated fast paths on {backend} (auto depthwise resolves to {auto!r}), batch {batch}"
     print_table(f"{title}; compile options {cpu_codegen.compiler_options() or 'none'}", rows, columns)

@@ -104,7 +104,7 @@ def main():
 
     import multiprocessing
 
-    from effnetx_jax import host_memory
+    from effnetx_jax import cpu_codegen, host_memory
 
     connection, child_end = multiprocessing.Pipe()
     timm_process = multiprocessing.get_context("spawn").Process(
@@ -118,8 +118,6 @@ def main():
 
     retained = host_memory.retain_freed_memory()  # as effnetx-train and effnetx-bench do, before JAX starts
     our_times, compile_s = ours(args.batch, args.batch_norm)
-    from effnetx_jax import cpu_codegen
-
     print(
         f"EfficientNet-B0 train step, batch {args.batch}, {RESOLUTION} px, float32, BatchNorm {args.batch_norm}; "
         f"ours compiled in {compile_s:.1f} s with {cpu_codegen.compiler_options() or 'XLA defaults'}; "

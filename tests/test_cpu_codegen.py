@@ -7,8 +7,8 @@ import pytest
 from effnetx_jax import cpu_codegen
 from effnetx_jax.errors import UserError
 from effnetx_jax.models.speed import CompiledStep
-from tests.command_line import error_line
 
+from command_line import error_line
 from conftest import tiny_config
 
 

@@ -63,15 +63,12 @@ def _trainer_step(config):
     steps_per_epoch = IMAGENET_TRAIN_IMAGES / config.batch_size
     tx, schedule = optim.create_optimizer(config, steps_per_epoch, int(config.total_epochs * steps_per_epoch))
     model = create_model(config.model, remat=config.remat)
-    return (
-        model,
-        tx,
-        jax.jit(
-            steps.make_train_step(model, tx, schedule, config),
-            donate_argnums=0,
-            compiler_options=cpu_codegen.compiler_options(),
-        ),
+    step = jax.jit(
+        steps.make_train_step(model, tx, schedule, config),
+        donate_argnums=0,
+        compiler_options=cpu_codegen.compiler_options(),
     )
+    return model, tx, step
 
 
 def _train_state(tx, variables):
