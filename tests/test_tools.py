@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from effnetx_jax import cpu_codegen
-from effnetx_jax.models import architecture, costs, create_model, model_config, speed
+from effnetx_jax.models import architecture, block_parts, costs, create_model, model_config, speed
 from effnetx_jax.models import summary as model_summary
 from effnetx_jax.models.block_parts import GatedProjection
 
@@ -174,9 +174,10 @@ def test_bench_weights_have_the_models_shapes_and_initial_scales():
     assert np.all(stats["stem_bn"]["var"] == 1) and np.all(stats["stem_bn"]["mean"] == 0)
 
 
-# 16 channels < 5*5 pixels: the weights are gated; 32 channels: the activations are.
-@pytest.mark.parametrize("channels", [16, 32])
-def test_gated_projection_equals_a_conv_of_the_gated_tensor(channels):
+# 16 channels < 5*5 pixels: the weights are gated, with either gradient; 32 channels: the activations are.
+@pytest.mark.parametrize(("channels", "gradient"), [(16, "matmuls"), (16, "xla"), (32, "matmuls")])
+def test_gated_projection_equals_a_conv_of_the_gated_tensor(channels, gradient, monkeypatch):
+    monkeypatch.setattr(block_parts, "resolve_projection_grad", lambda: gradient)
     features = 8
     x = jax.random.normal(jax.random.key(0), (3, 5, 5, channels))
     gate = jax.nn.sigmoid(jax.random.normal(jax.random.key(1), (3, 1, 1, channels)))

@@ -16,7 +16,9 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 from effnetx_jax.models import layers
 
@@ -105,10 +107,11 @@ class GatedProjection(nn.Module):
     maps with more pixels than channels, and as the plain product of the gated activations elsewhere.
 
     Scaling the [C, out] weights per sample instead of the [H, W, C] activations saves a pass over the
-    block's widest tensor; its gradient is a per-sample [C, H*W] x [H*W, out] product summed over the
-    batch, which XLA:CPU runs slowly when H*W is not well above C. Measured on the B0 train step at
-    batch 16 (docs/models.md): this rule 1.07x the rule it replaced (per-sample weights wherever the
-    map had more pixels than outputs, so also on B0's 14x14 maps), inference unchanged (1.01x).
+    block's widest tensor. Autodiff of it gives per-sample [C, H*W] x [H*W, out] products summed over
+    the batch, which XLA:CPU runs slowly when H*W is not well above C; on CPU the gradient is written
+    out as 2-D matmuls instead (`_per_sample_projection`). Measured on the B0 train step at batch 16
+    (docs/models.md): this rule 1.07x the rule it replaced (per-sample weights wherever the map had
+    more pixels than outputs, so also on B0's 14x14 maps), inference unchanged (1.01x).
     Same kernel (name, shape, initialiser) as the plain 1x1 conv, so checkpoints do not depend on it.
     """
 
@@ -122,7 +125,44 @@ class GatedProjection(nn.Module):
         if x.shape[1] * x.shape[2] <= x.shape[-1]:
             gated = (x * gate).reshape(-1, x.shape[-1])
             return jnp.dot(gated, kernel).reshape(*x.shape[:-1], self.features)
-        return jnp.einsum("nhwc,ncd->nhwd", x, gate[:, 0, 0, :, None] * kernel)
+        if resolve_projection_grad() == "matmuls":
+            return _per_sample_projection(x, gate, kernel)
+        return _scaled_weights_product(x, gate, kernel)
+
+
+def resolve_projection_grad() -> str:
+    """How the per-sample-weights projection is differentiated: 'matmuls' (`_per_sample_projection`)
+    on CPU, where it was measured faster, and autodiff ('xla') on every other backend, where it was not
+    measured."""
+    return "matmuls" if jax.default_backend() == "cpu" else "xla"
+
+
+def _scaled_weights_product(x, gate, kernel):
+    """`conv1x1(x * gate)` as `x` times each sample's gate-scaled [C, out] weights."""
+    return jnp.einsum("nhwc,ncd->nhwd", x, gate[:, 0, 0, :, None] * kernel)
+
+
+@jax.custom_vjp
+def _per_sample_projection(x, gate, kernel):
+    """`_scaled_weights_product` with its gradient as 2-D matmuls over the N*H*W pixels, which on the
+    B0 train step ran 1.05x autodiff's per-sample products (docs/models.md)."""
+    return _scaled_weights_product(x, gate, kernel)
+
+
+def _per_sample_projection_fwd(x, gate, kernel):
+    return _scaled_weights_product(x, gate, kernel), (x, gate, kernel)
+
+
+def _per_sample_projection_bwd(residuals, grad_out):
+    x, gate, kernel = residuals
+    channels, features = kernel.shape
+    grad_out = grad_out.reshape(-1, features)
+    grad_gated = jnp.dot(grad_out, kernel.T).reshape(x.shape)  # the gradient of x * gate
+    grad_kernel = lax.dot_general((x * gate).reshape(-1, channels), grad_out, (((0,), (0,)), ((), ())))
+    return grad_gated * gate, jnp.sum(grad_gated * x, axis=(1, 2), keepdims=True), grad_kernel
+
+
+_per_sample_projection.defvjp(_per_sample_projection_fwd, _per_sample_projection_bwd)
 
 
 class Block(nn.Module):
