@@ -1,4 +1,4 @@
-"""effnetx_jax.cpu_codegen: the vector width the steps are compiled for on the CPU."""
+"""effnetx_jax.cpu_codegen: the vector width and the convolutions the steps are compiled with on the CPU."""
 
 import jax
 import numpy as np
@@ -20,23 +20,46 @@ def cpu_flags(monkeypatch):
         monkeypatch.setattr(cpu_codegen, "_cpu_flags", lambda: frozenset(names))
 
     monkeypatch.delenv("EFFNETX_CPU_VECTOR_WIDTH", raising=False)
+    monkeypatch.delenv("EFFNETX_CPU_CONVOLUTIONS", raising=False)
     return set_flags
+
+
+_XLA_CONVOLUTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+}
 
 
 def test_512_bits_only_where_the_cpu_has_avx512(cpu_flags):
     cpu_flags("sse4_2", "avx2", "fma")
-    assert cpu_codegen.vector_width() is None and cpu_codegen.compiler_options() == {}
+    assert cpu_codegen.vector_width() is None and cpu_codegen.compiler_options() == _XLA_CONVOLUTIONS
     cpu_flags("avx2", "avx512f", "avx512bw")
-    assert cpu_codegen.compiler_options() == {"xla_cpu_prefer_vector_width": "512"}
+    assert cpu_codegen.compiler_options() == {"xla_cpu_prefer_vector_width": "512", **_XLA_CONVOLUTIONS}
 
 
 def test_the_environment_sets_the_width_and_a_bad_value_is_refused(cpu_flags, monkeypatch):
     cpu_flags("avx512f")
     monkeypatch.setenv("EFFNETX_CPU_VECTOR_WIDTH", "256")
-    assert cpu_codegen.compiler_options() == {"xla_cpu_prefer_vector_width": "256"}
+    assert cpu_codegen.compiler_options()["xla_cpu_prefer_vector_width"] == "256"
     monkeypatch.setenv("EFFNETX_CPU_VECTOR_WIDTH", "300")
     with pytest.raises(UserError, match=r"EFFNETX_CPU_VECTOR_WIDTH='300'.*128, 256, 512"):
         cpu_codegen.vector_width()
+
+
+def test_the_environment_gives_convolutions_back_to_ynnpack(cpu_flags, monkeypatch):
+    cpu_flags("avx2")
+    monkeypatch.setenv("EFFNETX_CPU_CONVOLUTIONS", "ynnpack")
+    assert cpu_codegen.compiler_options() == {}
+    monkeypatch.setenv("EFFNETX_CPU_CONVOLUTIONS", "eigen")
+    with pytest.raises(UserError, match=r"EFFNETX_CPU_CONVOLUTIONS='eigen'.*xla, ynnpack"):
+        cpu_codegen.check_settings()
+
+
+def test_an_xla_without_the_ynnpack_option_keeps_its_defaults(cpu_flags, monkeypatch):
+    """The probe compiles with the option: one XLA does not know is left out, not an error at every step."""
+    cpu_flags("avx2")
+    unknown = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH_FUSION"}
+    monkeypatch.setattr(cpu_codegen, "_YNN_FUSIONS_WITHOUT_CONVOLUTIONS", unknown)
+    assert cpu_codegen.compiler_options() == {}
 
 
 def test_no_cpu_option_for_an_accelerator(cpu_flags, monkeypatch):
@@ -49,6 +72,11 @@ def test_a_command_line_tool_refuses_a_bad_width_before_it_starts(monkeypatch):
     monkeypatch.setenv("EFFNETX_CPU_VECTOR_WIDTH", "wide")
     message = error_line("bench", "--model=efficientnet-b0")
     assert message == "error: EFFNETX_CPU_VECTOR_WIDTH='wide': expected one of 128, 256, 512"
+    monkeypatch.delenv("EFFNETX_CPU_VECTOR_WIDTH")
+    monkeypatch.setenv("EFFNETX_CPU_CONVOLUTIONS", "yes")
+    assert error_line("bench", "--model=efficientnet-b0") == (
+        "error: EFFNETX_CPU_CONVOLUTIONS='yes': expected one of xla, ynnpack"
+    )
 
 
 _TWO_BLOCKS = ("r1_k3_s11_e1_i32_o16_se0.25", "r1_k3_s22_e6_i16_o24_se0.25")
@@ -62,16 +90,18 @@ def test_the_steps_are_compiled_with_the_options(monkeypatch, mode):
         CompiledStep(tiny_config(_TWO_BLOCKS), batch=2, mode=mode)
 
 
-def test_each_width_computes_the_same_train_step(cpu_flags, monkeypatch):
-    """512-bit vectors are another compilation of the same arithmetic: the train step's loss and updated
-    weights agree with 128-bit code to float32 rounding."""
+def test_the_options_compute_the_same_train_step(cpu_flags, monkeypatch):
+    """512-bit vectors and XLA's own convolutions are another compilation of the same arithmetic: the
+    train step's loss and updated weights agree with XLA's defaults (256 bits, YNNPACK convolutions) to
+    float32 rounding."""
     outputs = {}
-    for width in ("128", "512"):
+    for width, convolutions in (("256", "ynnpack"), ("512", "xla")):
         monkeypatch.setenv("EFFNETX_CPU_VECTOR_WIDTH", width)
+        monkeypatch.setenv("EFFNETX_CPU_CONVOLUTIONS", convolutions)
         step = CompiledStep(tiny_config(_TWO_BLOCKS, activation="swish"), batch=2, mode="train")
         state, metrics = step.compiled(*step.args)
         outputs[width] = (float(metrics.compute()["loss"]), jax.tree.leaves(state.params))
-    (loss_128, params_128), (loss_512, params_512) = outputs["128"], outputs["512"]
-    np.testing.assert_allclose(loss_512, loss_128, rtol=1e-5)
-    for new, old in zip(params_512, params_128, strict=True):
+    (loss_default, params_default), (loss_ours, params_ours) = outputs["256"], outputs["512"]
+    np.testing.assert_allclose(loss_ours, loss_default, rtol=1e-5)
+    for new, old in zip(params_ours, params_default, strict=True):
         np.testing.assert_allclose(new, old, rtol=1e-4, atol=1e-6)

@@ -124,7 +124,9 @@ def test_bench_reports_the_memory_its_train_step_is_compiled_to():
     assert result["remat"] == "blocks"
     # The same program from shapes alone (benchmarks/memory_table.py): the same estimate.
     assert result["memory_bytes"] == speed.train_step_memory(cfg, batch=16, remat="blocks").total_bytes
-    assert speed.train_step_memory(cfg, batch=16).total_bytes > result["memory_bytes"]
+    # Another program without remat: a different estimate. Not a smaller one on XLA:CPU, whose scheduler
+    # does not order the recomputation to save memory (docs/large_scale.md, the caveat).
+    assert speed.train_step_memory(cfg, batch=16).total_bytes != result["memory_bytes"]
 
 
 # ---------------------------------------------------------------------------------------------------

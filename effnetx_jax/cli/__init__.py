@@ -163,7 +163,7 @@ def run(
     # Before JAX starts its threads: each picks its malloc arena on its first allocation.
     host_memory.retain_freed_memory()
     with one_line_errors("--traceback" in argv):
-        cpu_codegen.vector_width()  # refuses a bad EFFNETX_CPU_VECTOR_WIDTH before any work
+        cpu_codegen.check_settings()  # refuses a bad EFFNETX_CPU_* setting before any work
         for flag, spec in _config_file_arguments(argv[1:], config_flags):
             check_config_file(spec, flag)
 
