@@ -13,6 +13,7 @@ Convolutions: XLA:CPU hands its convolutions, dots and reductions to YNNPACK by 
 stem's 3x3/2 conv on 3 channels took 23 ms where XLA's own took 8.5 ms, and the train and inference
 steps (docs/models.md) were 1.02-1.06x (B0 train), 1.16x (B0 inference), 1.06x (X-B0 train) and
 1.27x (X-B0 inference) faster with the convolutions left to XLA, dots and reductions still to YNNPACK.
+Where XLA runs them, the k x k convs' kernel gradient is XLA's too (`layers.resolve_conv_kernel_grad`).
 
 So `compiler_options()` asks for both where the steps run on the CPU (512 bits only where the CPU has
 AVX-512), and for nothing on an accelerator, whose compiler knows no XLA:CPU option. An XLA that does
@@ -75,6 +76,14 @@ def convolutions() -> str:
     return _chosen(_CONVOLUTIONS_VARIABLE, _CONVOLUTIONS) or "xla"
 
 
+def convolution_library() -> str:
+    """Who runs the steps' convolutions on the CPU: 'xla' where `compiler_options` keeps them from
+    YNNPACK, 'ynnpack' where it does not (chosen, or an XLA that does not take the option)."""
+    if convolutions() == "xla" and _accepted(tuple(_YNN_FUSIONS_WITHOUT_CONVOLUTIONS.items())):
+        return "xla"
+    return "ynnpack"
+
+
 def check_settings() -> None:
     """Raises UserError for a bad value of either environment setting (the tools call it before any work)."""
     vector_width()
@@ -104,6 +113,6 @@ def compiler_options() -> dict[str, str]:
     width = vector_width()
     if width is not None:
         options["xla_cpu_prefer_vector_width"] = width
-    if convolutions() == "xla" and _accepted(tuple(_YNN_FUSIONS_WITHOUT_CONVOLUTIONS.items())):
+    if convolution_library() == "xla":
         options.update(_YNN_FUSIONS_WITHOUT_CONVOLUTIONS)
     return options

@@ -6,6 +6,7 @@ import pytest
 
 from effnetx_jax import cpu_codegen
 from effnetx_jax.errors import UserError
+from effnetx_jax.models import layers
 from effnetx_jax.models.speed import CompiledStep
 
 from command_line import error_line
@@ -59,7 +60,16 @@ def test_an_xla_without_the_ynnpack_option_keeps_its_defaults(cpu_flags, monkeyp
     cpu_flags("avx2")
     unknown = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH_FUSION"}
     monkeypatch.setattr(cpu_codegen, "_YNN_FUSIONS_WITHOUT_CONVOLUTIONS", unknown)
-    assert cpu_codegen.compiler_options() == {}
+    assert cpu_codegen.compiler_options() == {} and cpu_codegen.convolution_library() == "ynnpack"
+
+
+def test_the_conv_kernel_gradient_follows_who_runs_the_convolutions(cpu_flags, monkeypatch):
+    """The shifted windows' kernel gradient only where YNNPACK runs the convolutions: XLA's own is faster."""
+    assert layers.resolve_conv_kernel_grad() == "xla"
+    monkeypatch.setenv("EFFNETX_CPU_CONVOLUTIONS", "ynnpack")
+    assert layers.resolve_conv_kernel_grad() == "windows"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert layers.resolve_conv_kernel_grad() == "xla"
 
 
 def test_no_cpu_option_for_an_accelerator(cpu_flags, monkeypatch):

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from effnetx_jax import cpu_codegen
 from effnetx_jax.errors import UserError
 
 # Reference `conv_kernel_initializer`: N(0, sqrt(2 / fan_out)), fan_out = kh * kw * out_channels.
@@ -184,9 +185,12 @@ class DepthwiseConv(nn.Module):
 
 
 def resolve_conv_kernel_grad() -> str:
-    """How a k x k conv's kernel gradient is computed: 'windows' (`_window_kernel_grad`) on CPU, where
-    XLA:CPU's own took 3-4x as long (docs/models.md), and XLA's ('xla') on every other backend."""
-    return "windows" if jax.default_backend() == "cpu" else "xla"
+    """How a k x k conv's kernel gradient is computed: 'windows' (`_window_kernel_grad`) on a CPU whose
+    steps give convolutions to YNNPACK, whose gradient took 3-4x as long (docs/models.md), and XLA's
+    ('xla') everywhere else, including XLA:CPU's own convolutions (`cpu_codegen`), faster than the windows."""
+    if jax.default_backend() == "cpu" and cpu_codegen.convolution_library() == "ynnpack":
+        return "windows"
+    return "xla"
 
 
 def _window_kernel_grad(x: jax.Array, grad_out: jax.Array, kernel_shape, strides) -> jax.Array:
@@ -237,8 +241,8 @@ _conv_with_window_kernel_grad.defvjp(_conv_with_window_kernel_grad_fwd, _conv_wi
 
 
 class Conv(nn.Module):
-    """A k x k conv with TF SAME padding: `nn.Conv`'s params, initialiser and forward pass, and on CPU
-    (`resolve_conv_kernel_grad`) the kernel gradient of `_window_kernel_grad`. Tested equal to
+    """A k x k conv with TF SAME padding: `nn.Conv`'s params, initialiser and forward pass, and where
+    `resolve_conv_kernel_grad` picks it, the kernel gradient of `_window_kernel_grad`. Tested equal to
     `nn.Conv` in values and gradients."""
 
     features: int
