@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from effnetx_jax.models import layers
 
@@ -158,7 +157,7 @@ def _per_sample_projection_bwd(residuals, grad_out):
     channels, features = kernel.shape
     grad_out = grad_out.reshape(-1, features)
     grad_gated = jnp.dot(grad_out, kernel.T).reshape(x.shape)  # the gradient of x * gate
-    grad_kernel = lax.dot_general((x * gate).reshape(-1, channels), grad_out, (((0,), (0,)), ((), ())))
+    grad_kernel = layers.over_pixels((x * gate).reshape(-1, channels), grad_out)
     return grad_gated * gate, jnp.sum(grad_gated * x, axis=(1, 2), keepdims=True), grad_kernel
 
 

@@ -193,6 +193,11 @@ def resolve_conv_kernel_grad() -> str:
     return "xla"
 
 
+def over_pixels(a: jax.Array, b: jax.Array) -> jax.Array:
+    """`a.T @ b` of two [pixels, channels] matrices, contracting the pixel axis in place rather than transposing `a`."""
+    return lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+
+
 def _window_kernel_grad(x: jax.Array, grad_out: jax.Array, kernel_shape, strides) -> jax.Array:
     """The kernel gradient as 2-D matmuls over the N*H*W output pixels: each tap's input window
     (transposed) times the output gradient. Where the taps' windows together are no wider than the
@@ -202,10 +207,6 @@ def _window_kernel_grad(x: jax.Array, grad_out: jax.Array, kernel_shape, strides
     n, out_h, out_w, _ = grad_out.shape
     phases = _phases(x, kh, kw, strides)
     grad_out = grad_out.reshape(-1, out_channels)
-
-    def over_pixels(a, b):  # a.T @ b, contracting the pixel axis in place rather than transposing `a`
-        return lax.dot_general(a, b, (((0,), (0,)), ((), ())))
-
     if kh * kw * in_channels <= out_channels:
         windows = [_window(phases, i, j, out_h, out_w) for i in range(kh) for j in range(kw)]
         return over_pixels(jnp.concatenate(windows, axis=-1).reshape(-1, kh * kw * in_channels), grad_out).reshape(
