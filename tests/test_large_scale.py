@@ -104,7 +104,7 @@ def test_memory_estimate_is_reported_against_the_device_memory():
 
 
 def test_a_train_step_too_large_for_the_device_stops_before_the_first_step(data_dir, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(memory, "device_bytes", lambda device: 2**20)
+    monkeypatch.setattr(memory, "device_bytes", lambda device: 2**18)  # 0.25 MiB: below any model's step
     caplog.set_level("INFO")
     workdir = tmp_path / "run"
     with pytest.raises(UserError) as stopped:
@@ -114,7 +114,7 @@ def test_a_train_step_too_large_for_the_device_stops_before_the_first_step(data_
     assert message.startswith("the train step needs an estimated ")
     for lever in ("config.batch_size", "config.remat=blocks", "config.fsdp_size"):
         assert lever in message
-    assert "train step memory on " in caplog.text and "of 0.001 GiB" in caplog.text
+    assert "train step memory on " in caplog.text and "of 0.000 GiB" in caplog.text
     assert not workdir.exists()  # refused before the run's first write, like every other check
 
 
