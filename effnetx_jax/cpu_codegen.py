@@ -71,15 +71,15 @@ def vector_width() -> str | None:
     return "512" if "avx512f" in _cpu_flags() else None
 
 
-def convolutions() -> str:
-    """Who runs the steps' convolutions on the CPU: 'xla' (its own) or 'ynnpack' (XLA's default)."""
+def requested_convolutions() -> str:
+    """The `EFFNETX_CPU_CONVOLUTIONS` setting: 'xla' (the default) or 'ynnpack'."""
     return _chosen(_CONVOLUTIONS_VARIABLE, _CONVOLUTIONS) or "xla"
 
 
 def convolution_library() -> str:
     """Who runs the steps' convolutions on the CPU: 'xla' where `compiler_options` keeps them from
     YNNPACK, 'ynnpack' where it does not (chosen, or an XLA that does not take the option)."""
-    if convolutions() == "xla" and _accepted(tuple(_YNN_FUSIONS_WITHOUT_CONVOLUTIONS.items())):
+    if requested_convolutions() == "xla" and _accepted(tuple(_YNN_FUSIONS_WITHOUT_CONVOLUTIONS.items())):
         return "xla"
     return "ynnpack"
 
@@ -87,7 +87,7 @@ def convolution_library() -> str:
 def check_settings() -> None:
     """Raises UserError for a bad value of either environment setting (the tools call it before any work)."""
     vector_width()
-    convolutions()
+    requested_convolutions()
 
 
 @functools.cache
