@@ -172,7 +172,7 @@ def test_flip_only_when_asked(data_dir):
         images = []
         for seed in range(20):
             config = make_config(data_dir, seed=seed, **WHOLE_IMAGE, **{"data.random_flip": random_flip})
-            images.append(preprocessing.train_view(config).map(record)["image"])
+            images.append(preprocessing.train_view(config).image(record))
         return images
 
     unflipped = outputs(False)[0]

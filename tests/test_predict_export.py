@@ -91,7 +91,7 @@ def reference(checkpoint, images, random_pixels) -> dict:
     ("probabilities") and logits of `random_pixels` ("logits"), as one batch compiled once."""
     config = weights.read_config(checkpoint)
     view = preprocessing.eval_view(config)
-    views = np.stack([view.view({"image": pathlib.Path(path).read_bytes()}) for path in images])
+    views = np.stack([view.image({"image": pathlib.Path(path).read_bytes()}) for path in images])
     pixels = np.concatenate([views.astype(np.float32), random_pixels])
     normalised = (pixels - np.float32(config.data.mean)) / np.float32(config.data.std)
     model, variables = weights.load(checkpoint)

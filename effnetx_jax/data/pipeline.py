@@ -132,13 +132,13 @@ def train_loader(config, *, process_index: int = 0, process_count: int = 1, star
     view = preprocessing.train_view(config)  # checks config.data.augment before any data is read
     source = sources.open_split(config, "train_split")
     check_batch_fits(config, len(source))
-    stream = grain.MapDataset.source(source).map_with_index(preprocessing.WithIndex())
-    stream = stream.seed(config.seed).shuffle().repeat()
-    stream = stream.map_with_index(preprocessing.WithEpoch(len(source))).map(view)
+    # The stream of dataset indices; each batch of them is read and transformed by one `ReadBatch`.
+    stream = grain.MapDataset.range(len(source)).seed(config.seed).shuffle().repeat()
+    stream = stream.map_with_index(preprocessing.StreamIds())
     # Slices of global batch b are local batches b*P .. b*P + P-1 of the stream; this process's are
     # every P-th from its index. Lazy: only this process's examples are read and transformed.
     local_batches = stream.batch(local_batch)[process_index::process_count][start_step:]
-    local_batches = local_batches.map(preprocessing.CheckBatch(config.dataset, config.train_split))
+    local_batches = local_batches.map(preprocessing.ReadBatch(source, view, len(source), config.train_split))
     return _prefetched(local_batches, config)
 
 
@@ -161,18 +161,18 @@ def eval_batches(config, *, process_index: int = 0, process_count: int = 1) -> I
     Checks run now; the data is read as the returned iterator is consumed.
     """
     local_batch = _local_batch_size(config, "eval_batch_size", process_count)
+    view = preprocessing.eval_view(config)  # checks config.data.resize before any data is read
     source = sources.open_split(config, "eval_split")
     num_examples = len(source)
     start, stop = _contiguous_shard(num_examples, process_index, process_count)
     # Shards differ by at most one example; the largest sets the batch count of every process.
     num_batches = _ceil_div(_ceil_div(num_examples, process_count), local_batch)
 
-    dataset = grain.MapDataset.source(source).map_with_index(preprocessing.WithIndex())[start:stop]
-    dataset = dataset.map(preprocessing.eval_view(config))
+    indices = grain.MapDataset.range(start, stop).map_with_index(preprocessing.StreamIds())
     # Batched before the reader threads and worker processes so that each of them prepares whole
     # batches in order, and only the last batch is partial.
-    batches = dataset.batch(local_batch, drop_remainder=False)
-    batches = batches.map(preprocessing.CheckBatch(config.dataset, config.eval_split))
+    batches = indices.batch(local_batch, drop_remainder=False)
+    batches = batches.map(preprocessing.ReadBatch(source, view, num_examples, config.eval_split))
     resolution = config.model.resolution
     return _padded(_prefetched(batches, config), local_batch, num_batches, (resolution, resolution, 3))
 
@@ -187,19 +187,9 @@ def _padded(batches, batch_size: int, num_batches: int, image_shape) -> Iterator
         iterator.close()
 
 
-def empty_batch(batch_size: int, image_shape) -> dict[str, np.ndarray]:
-    """An all-masked batch of zeros with the keys, dtypes and shapes of every batch the pipelines make."""
-    return {
-        "image": np.zeros((batch_size, *image_shape), np.uint8),
-        "label": np.zeros(batch_size, np.int32),
-        "mask": np.zeros(batch_size, np.float32),
-        "skipped": np.zeros(batch_size, np.float32),
-    }
-
-
 def _pad_batch(batch, batch_size: int, image_shape) -> dict[str, np.ndarray]:
     """Zero-pads a batch to `batch_size` (`mask` 0 on the padding); None gives an all-masked batch."""
-    padded = empty_batch(batch_size, image_shape)
+    padded = preprocessing.empty_batch(batch_size, image_shape)
     if batch is not None:
         size = len(batch["label"])
         for key, values in padded.items():

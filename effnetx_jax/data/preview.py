@@ -26,9 +26,9 @@ def preview_grid(config, images: list[bytes], samples: int) -> np.ndarray:
     size = config.model.resolution
     rows = []
     for index, data in enumerate(images):
-        tiles = [eval_view.map({"image": data, "label": 0, "index": index})["image"]]
+        tiles = [eval_view.image({"image": data, "label": 0, "index": index})]
         for epoch in range(samples):
-            tiles.append(train_view.map({"image": data, "label": 0, "index": index, "epoch": epoch})["image"])
+            tiles.append(train_view.image({"image": data, "label": 0, "index": index, "epoch": epoch}))
         rows.append(tiles)
     grid = np.full((len(rows) * (size + _GAP) - _GAP, (samples + 1) * (size + _GAP) - _GAP, 3), 255, np.uint8)
     for row, tiles in enumerate(rows):
