@@ -1,16 +1,19 @@
-"""tf.data doing the reference's preprocessing, the anchor for `effnetx-data-bench`.
+"""Our input pipeline against tf.data doing the reference's preprocessing, one core each, in one run.
 
-    python benchmarks/tfdata_preprocess.py [--data_dir=DIR] [--dataset=synthetic_imagenet/bench]
+    python benchmarks/tfdata_preprocess.py [--rounds=3] [--batches=32] [--dataset=synthetic_imagenet/bench]
 
-Reads the same JPEG bytes as the bench (from the same TFDS array_record files, into memory first so
-that only preprocessing is timed) and runs, with TF ops on one core (a private thread pool of one
-thread, `num_parallel_calls=1`, intra/inter-op parallelism 1):
+Each round times, back to back, our training pipeline (`effnetx_jax.data.train_loader` in this
+process with one reader thread, as `effnetx-data-bench` does: the records read from their TFDS
+array_record files, decoded, cropped, resized and batched), tf.data on the same images, then both
+evaluation pipelines, and prints the ratios; the last line gives their medians. tf.data reads the
+same JPEG bytes (into memory first, so that only its preprocessing is timed) and runs, with TF ops
+on one core (a private thread pool of one thread, `num_parallel_calls=1`, intra/inter-op
+parallelism 1):
 - train: `sample_distorted_bounding_box` (min object covered 0.1, aspect 3/4..4/3, area 0.08..1,
   10 attempts) -> `decode_and_crop_jpeg` (only the crop's blocks are decoded), the centre crop when
   the box is the whole image, TF1's `resize_bicubic` to the resolution, random left-right flip;
 - eval: `decode_and_crop_jpeg` of the centre `R / (R + 32)` square -> `resize_bicubic`;
-then batches as the bench does and prints images/s, and the ratio of the bench's numbers if given
-with `--ours_train` / `--ours_eval`. Written for this comparison from the documented behaviour of
+then batches as our pipeline does. Written for this comparison from the documented behaviour of
 the reference's `preprocessing.py`; TF outputs float32 images (our pipeline: uint8).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 
@@ -83,30 +87,43 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--warmup_batches", type=int, default=2)
-    parser.add_argument("--ours_train", type=float, help="the bench's train img/s (1 thread), for the ratio")
-    parser.add_argument("--ours_eval", type=float, help="the bench's eval img/s (1 thread), for the ratio")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     import tensorflow_datasets as tfds
+    from absl import flags
 
-    from effnetx_jax.data import sources
+    from effnetx_jax import data
+    from effnetx_jax.data import sources, speed
 
+    flags.FLAGS.mark_as_parsed()  # Grain reads its absl flags; this script parses its own
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    config = speed.bench_config(args.dataset, args.data_dir, resolution=args.resolution, batch=args.batch)
     builder = sources.ensure_prepared(args.dataset, args.data_dir)
-    rates = {}
-    for name, split, preprocess in [
-        ("train", "train", train_preprocess(args.resolution, tf)),
-        ("eval", "validation", eval_preprocess(args.resolution, tf)),
+    pipelines = []
+    for name, split, preprocess, ours in [
+        ("train", "train", train_preprocess(args.resolution, tf), lambda: data.train_loader(config)),
+        ("eval", "validation", eval_preprocess(args.resolution, tf), lambda: data.eval_batches(config)),
     ]:
         source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
         images = [source[i]["image"] for i in range(len(source))]
-        rates[name] = images_per_second(images, preprocess, args.batch, args.batches, args.warmup_batches, tf)
-    for name, ours in [("train", args.ours_train), ("eval", args.ours_eval)]:
-        ratio = f"   ours / tf.data = {ours / rates[name]:.2f}" if ours else ""
-        print(f"tf.data {name}, 1 core {rates[name]:8.0f} img/s{ratio}")
+        # Our eval pipeline is one pass over the split: time at most the batches it has after the warmup.
+        batches = min(args.batches, len(images) // args.batch - args.warmup_batches)
+        pipelines.append((name, images, preprocess, ours, batches))
+    ratios = {name: [] for name, *_ in pipelines}
+    for round_index in range(1, args.rounds + 1):
+        cells = []
+        for name, images, preprocess, ours, batches in pipelines:
+            our_rate = speed.images_per_second(ours(), args.warmup_batches, batches)
+            tf_rate = images_per_second(images, preprocess, args.batch, batches, args.warmup_batches, tf)
+            ratios[name].append(ratio := our_rate / tf_rate)
+            cells.append(f"{name}: ours {our_rate:5.0f} img/s, tf.data {tf_rate:5.0f} img/s, ratio {ratio:.2f}")
+        print(f"round {round_index}: " + "   ".join(cells), flush=True)
+    medians = ", ".join(f"{name} {statistics.median(values):.2f}" for name, values in ratios.items())
+    print(f"median ours / tf.data, 1 core: {medians}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import hashlib
 import io
 import re
 
+import grain
 import ml_collections
 import numpy as np
 import pytest
@@ -212,6 +213,22 @@ def test_train_batches_deterministic_per_seed(data_dir):
         np.testing.assert_array_equal(a["label"], b["label"])
     assert not np.array_equal(first[0]["label"], other[0]["label"])
     assert not np.array_equal(first[0]["image"], other[0]["image"])
+
+
+def test_batch_rows_are_the_views_of_the_shuffled_stream_one_example_at_a_time(data_dir):
+    # A batch written row by row must equal each record's view made on its own, in the order of Grain's
+    # shuffled, repeated index stream (a new permutation each epoch), with its epoch in the seed.
+    config = make_config(data_dir, batch_size=64, **{"data.random_flip": True, "data.augment": "randaugment(2,10)"})
+    source = sources.open_split(config, "train_split")
+    view = preprocessing.train_view(config)
+    indices = grain.MapDataset.range(NUM_TRAIN).seed(config.seed).shuffle().repeat()
+    assert [indices[i] for i in range(8)] != [indices[NUM_TRAIN + i] for i in range(8)]
+    step = NUM_TRAIN // 64  # the batch that straddles epochs 0 and 1
+    batch = next(iter(data.train_loader(config, start_step=step)))
+    for row, position in enumerate(range(step * 64, (step + 1) * 64)):
+        record = {**source[indices[position]], "index": indices[position], "epoch": position // NUM_TRAIN}
+        assert batch["label"][row] == record["label"]
+        np.testing.assert_array_equal(batch["image"][row], view.image(record))
 
 
 def test_restored_iterator_yields_the_same_batches(data_dir):

@@ -27,22 +27,18 @@ _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Worker-process counts 
 
 
 def _config(num_workers: int):
-    from effnetx_jax import recipe
+    from effnetx_jax.data import speed
 
-    config = recipe.get_config("efficientnet-b0")
-    config.model.resolution = _RESOLUTION.value
-    config.data.eval_crop_fraction = recipe.eval_crop_fraction(_RESOLUTION.value)
-    config.update(
-        dataset=_DATASET.value,
-        data_dir=_DATA_DIR.value,
+    return speed.bench_config(
+        _DATASET.value,
+        _DATA_DIR.value,
+        resolution=_RESOLUTION.value,
+        batch=_BATCH.value,
+        num_workers=num_workers,
+        augment=_AUGMENT.value,
         train_split=_TRAIN_SPLIT.value,
         eval_split=_EVAL_SPLIT.value,
-        batch_size=_BATCH.value,
-        eval_batch_size=_BATCH.value,
     )
-    # One batch in flight per process: one reader thread, so "0 workers" is one core.
-    config.data.update(num_workers=num_workers, prefetch_buffer_size=1, augment=_AUGMENT.value)
-    return config
 
 
 def _main(argv: list[str]) -> None:
