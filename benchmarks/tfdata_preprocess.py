@@ -83,6 +83,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic_imagenet/bench")
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--eval_split", default="validation")
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=12)
@@ -101,12 +103,19 @@ def main():
     flags.FLAGS.mark_as_parsed()  # Grain reads its absl flags; this script parses its own
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    config = speed.bench_config(args.dataset, args.data_dir, resolution=args.resolution, batch=args.batch)
+    config = speed.bench_config(
+        args.dataset,
+        args.data_dir,
+        resolution=args.resolution,
+        batch=args.batch,
+        train_split=args.train_split,
+        eval_split=args.eval_split,
+    )
     builder = sources.ensure_prepared(args.dataset, args.data_dir)
     pipelines = []
     for name, split, preprocess, ours in [
-        ("train", "train", train_preprocess(args.resolution, tf), lambda: data.train_loader(config)),
-        ("eval", "validation", eval_preprocess(args.resolution, tf), lambda: data.eval_batches(config)),
+        ("train", args.train_split, train_preprocess(args.resolution, tf), lambda: data.train_loader(config)),
+        ("eval", args.eval_split, eval_preprocess(args.resolution, tf), lambda: data.eval_batches(config)),
     ]:
         source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
         images = [source[i]["image"] for i in range(len(source))]

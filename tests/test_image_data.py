@@ -17,6 +17,7 @@ from effnetx_jax.data import decode, preprocessing, preview, sources
 from effnetx_jax.data.synthetic import random_jpeg, write_image_folder
 from effnetx_jax.errors import UserError
 
+from command_line import run_tool
 from conftest import PLUMBING_BLOCKS
 
 RESOLUTION = 32
@@ -114,6 +115,23 @@ def test_synthetic_imagenet_in_array_record_evaluates_every_image_of_every_forma
     assert sum(b["mask"].sum() for b in batches) == 24 and sum(b["skipped"].sum() for b in batches) == 0
     assert images.dtype == np.uint8 and images.shape == (24, RESOLUTION, RESOLUTION, 3)
     assert all(image.std() > 5 for image in images)  # greyscale, CMYK and PNG files decoded, not blank
+
+
+BENCH_LINE = re.compile(r"(train|eval), (in this process, 1 thread|\d worker process(es)?) +(\d+) img/s")
+
+
+def test_data_bench_times_the_training_and_evaluation_pipelines(tfds_dir, capsys):
+    flags = ["--dataset=synthetic_imagenet/small", f"--data_dir={tfds_dir}", "--resolution=32", "--batch=8"]
+    assert run_tool("data_bench", *flags, "--batches=2", "--warmup_batches=1", "--workers=0") is None
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("synthetic_imagenet/small: 48 train / 24 eval images, output 32 px, batch 8")
+    assert lines[1].startswith("JPEG decoder: ")
+    timed = [BENCH_LINE.fullmatch(line) for line in lines[2:]]
+    assert [(m.group(1), m.group(2)) for m in timed] == [
+        ("train", "in this process, 1 thread"),
+        ("eval", "in this process, 1 thread"),
+    ]
+    assert all(int(m.group(4)) > 0 for m in timed)
 
 
 def test_image_folder_dataset_labels_from_class_folders(tmp_path):
