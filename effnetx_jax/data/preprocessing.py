@@ -293,7 +293,7 @@ class ReadBatch(grain.transforms.Map):
     """Reads the records of a batch of `StreamIds` from `source` and writes their views into one batch.
 
     Each view goes straight into its row of the batch, with no per-example array, Grain stage or
-    stacking copy (a tenth of the time per image at 224 px). The epoch of an example is its stream
+    stacking copy (what that saves: docs/data.md, "Input pipeline speed"). The epoch of an example is its stream
     position // `num_examples`. An image that cannot be decoded stays black with mask 0; a batch where
     most cannot stops the run: the data, not one file, is broken.
     """
