@@ -15,18 +15,20 @@ channels_last, uint8 images normalised per step, `CrossEntropyLoss(label_smoothi
 `RMSpropTF` (the TF flavour: same decay, momentum, epsilon, weight decay 1e-5), `ModelEmaV3` (0.9999),
 `--threads` intra-op threads. Both start from random weights, at 224 px.
 
-timm runs in a child process started with the process defaults a PyTorch user has; ours in this one,
-with freed host memory retained as the command-line tools set it (`effnetx_jax.host_memory`;
-`EFFNETX_RETAIN_FREED_MEMORY=0` to compare without) and compiled as the trainer compiles it
-(`effnetx_jax.cpu_codegen`: 512-bit vectors on AVX-512 CPUs; `EFFNETX_CPU_VECTOR_WIDTH=256` to compare
-without). Prints each round's img/s of both and the ratio
-ours/timm: the median of the rounds' ratios, since the other users of a shared machine change the speeds
-from round to round much more than the ratio of two steps timed back to back.
+timm runs in a child process started with the process defaults a PyTorch user has (glibc's malloc as it
+comes; `--timm_allocator mimalloc` preloads ours there too); ours in this one, with the host memory
+allocator the command-line tools use (`effnetx_jax.host_memory`: the script restarts itself with mimalloc
+preloaded; `EFFNETX_ALLOCATOR=glibc` to compare with glibc keeping freed memory) and compiled as the trainer
+compiles it (`effnetx_jax.cpu_codegen`: 512-bit vectors on AVX-512 CPUs; `EFFNETX_CPU_VECTOR_WIDTH=256` to
+compare without). Prints each round's img/s of both and the ratio ours/timm: the median of the rounds'
+ratios, since the other users of a shared machine change the speeds from round to round much more than
+the ratio of two steps timed back to back.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -85,11 +87,30 @@ def timm_step(batch: int, threads: int):
 
 
 def _serve_timm(connection, batch: int, threads: int) -> None:
-    """The timm side in its own process, with the process defaults a PyTorch user has (glibc's malloc
-    as it comes): answers each requested (steps, warmup) with the seconds of each step."""
+    """The timm side in its own process: answers each requested (steps, warmup) with the seconds of each step."""
     times = timm_step(batch, threads)
     while (request := connection.recv()) is not None:
         connection.send(times(*request))
+
+
+def _start_timm(batch: int, threads: int, preload: str | None):
+    """The timm side's process, with `preload` as its LD_PRELOAD (None: none), and our end of its pipe."""
+    import multiprocessing
+
+    connection, child_end = multiprocessing.Pipe()
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve_timm, args=(child_end, batch, threads), daemon=True
+    )
+    ours = os.environ.pop("LD_PRELOAD", None)
+    if preload is not None:
+        os.environ["LD_PRELOAD"] = preload
+    try:
+        process.start()  # a spawned child inherits this process's environment as it is now
+    finally:
+        os.environ.pop("LD_PRELOAD", None)
+        if ours is not None:
+            os.environ["LD_PRELOAD"] = ours
+    return process, connection
 
 
 def main():
@@ -100,28 +121,30 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
     # The values of models.layers.BATCH_NORM_IMPLS: importing it here would start JAX before host_memory.
     parser.add_argument("--batch_norm", choices=["auto", "fused", "autodiff"], default="auto")
+    parser.add_argument(
+        "--timm_allocator",
+        choices=["default", "mimalloc"],
+        default="default",
+        help="timm's malloc: the process default, or the mimalloc our side runs with",
+    )
     args = parser.parse_args()
-
-    import multiprocessing
 
     from effnetx_jax import cpu_codegen, host_memory
 
-    connection, child_end = multiprocessing.Pipe()
-    timm_process = multiprocessing.get_context("spawn").Process(
-        target=_serve_timm, args=(child_end, args.batch, args.threads), daemon=True
-    )
-    timm_process.start()
+    host_memory.restart_with_mimalloc()  # as effnetx-train and effnetx-bench do: this script starts again
+    host_memory.retain_freed_memory()  # glibc's settings where mimalloc is not in use; before JAX starts
+    timm_preload = host_memory.mimalloc_library() if args.timm_allocator == "mimalloc" else None
+    timm_process, connection = _start_timm(args.batch, args.threads, timm_preload)
 
     def their_times(steps: int, warmup: int = 0) -> list[float]:
         connection.send((steps, warmup))
         return connection.recv()
 
-    retained = host_memory.retain_freed_memory()  # as effnetx-train and effnetx-bench do, before JAX starts
     our_times, compile_s = ours(args.batch, args.batch_norm)
     print(
         f"EfficientNet-B0 train step, batch {args.batch}, {RESOLUTION} px, float32, BatchNorm {args.batch_norm}; "
         f"ours compiled in {compile_s:.1f} s with {cpu_codegen.compiler_options() or 'XLA defaults'}; "
-        f"freed host memory retained: {retained}"
+        f"host memory: ours {host_memory.allocator()}, timm's {args.timm_allocator}"
     )
     our_times(1, warmup=3)  # first runs: allocator and caches warming up
     their_times(1, warmup=3)

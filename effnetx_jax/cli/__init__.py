@@ -156,16 +156,20 @@ def run(
     """Runs a tool: `absl.app.run(main)` on `argv` (default: `sys.argv`), where `config_flags` names the tool's
     `config_flags.DEFINE_config_file` flags. Their files are checked first, a user's mistake while parsing or
     in `main` is one line, and `--help` lists the tool's flags. Exits, as `app.run` does."""
+    is_program = argv is None  # the program's own command line, not a call from Python (the tests' run_tool)
     argv = list(sys.argv if argv is None else argv)
     if any(arg in _HELP_FLAGS for arg in argv[1:]):
         print(_help(main))
         raise SystemExit(0)
-    # Before JAX starts its threads: each picks its malloc arena on its first allocation.
-    host_memory.retain_freed_memory()
     with one_line_errors("--traceback" in argv):
-        cpu_codegen.check_settings()  # refuses a bad EFFNETX_CPU_* setting before any work
+        cpu_codegen.check_settings()  # refuses a bad EFFNETX_CPU_* or EFFNETX_ALLOCATOR setting before any work
+        host_memory.check_settings()
         for flag, spec in _config_file_arguments(argv[1:], config_flags):
             check_config_file(spec, flag)
+    if is_program:
+        host_memory.restart_with_mimalloc()  # the program starts again with mimalloc, where it applies
+    # Before JAX starts its threads: each picks its malloc arena on its first allocation.
+    host_memory.retain_freed_memory()
 
     def guarded(args):
         with one_line_errors(_TRACEBACK.value):

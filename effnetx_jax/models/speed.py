@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effnetx_jax import cpu_codegen
+from effnetx_jax import cpu_codegen, host_memory
 from effnetx_jax.errors import UserError
 from effnetx_jax.models import REMAT_MODES, architecture, costs, create_model, layers
 from effnetx_jax.models.memory import MemoryEstimate
@@ -205,6 +205,7 @@ def benchmark(
         "depthwise_impl": layers.resolve_depthwise_impl(cfg.depthwise_impl),
         "batch_norm_impl": layers.resolve_batch_norm_impl(cfg.batch_norm_impl),
         "compiler_options": cpu_codegen.compiler_options(),
+        "host_allocator": host_memory.allocator(),
         "device": f"{device.platform}:{device.device_kind}",
         "compile_s": round(step.compile_s, 3),
         "steps": steps,
