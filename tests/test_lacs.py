@@ -24,6 +24,7 @@ from effnetx_jax.studies.storage import open_storage
 
 from conftest import (
     kill_once_one_trial_finished_and_one_runs,
+    process_env,
     run_to_end,
     study_trials,
     tool_process,
@@ -342,6 +343,18 @@ def _worker(workdir, data_dir, grid, *flags):
         *_overrides(data_dir, grid, target=1.25, tolerance=0.3),
         *flags,
     )
+
+
+@pytest.mark.slow
+def test_the_console_script_runs_an_experiment_that_imports_the_repositorys_configs(data_dir, tmp_path):
+    """`effnetx-lacs --config=experiments/lacs/digits_cpu.py` from the repository root, as the docs run it: the
+    experiment imports `configs.quickstart`, and a console script's own path holds only its bin directory."""
+    script = pathlib.Path(sys.executable).parent / "effnetx-lacs"
+    flags = [f"--config={EXPERIMENT}", f"--workdir={tmp_path}", "--create_only"]
+    command = [str(script), *flags, *_overrides(data_dir, FOUR_POINTS, target=1.25, tolerance=0.3)]
+    result = subprocess.run(command, cwd=REPO, env=process_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "optuna.journal").is_file()
 
 
 def _points_by_state(trials):

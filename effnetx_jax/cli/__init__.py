@@ -150,6 +150,15 @@ def _help(main: Callable) -> str:
     return f"{(module.__doc__ or '').strip()}\n\nflags:\n{flag_help}"
 
 
+def _import_from_working_directory() -> None:
+    """Lets config files import modules from the directory the tool runs in (`from configs import quickstart`
+    in the repository's experiments), as `python -m effnetx_jax.cli.<tool>` and `python train.py` do there; a
+    console script's own path holds only its bin directory. Appended, so nothing there shadows an installed
+    module."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+
+
 def run(
     main: Callable[[list[str]], object], argv: Sequence[str] | None = None, config_flags: Sequence[str] = ("config",)
 ) -> None:
@@ -168,6 +177,7 @@ def run(
             check_config_file(spec, flag)
     if is_program:
         host_memory.restart_with_mimalloc()  # the program starts again with mimalloc, where it applies
+    _import_from_working_directory()
     # Before JAX starts its threads: each picks its malloc arena on its first allocation.
     host_memory.retain_freed_memory()
 
