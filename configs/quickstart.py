@@ -6,11 +6,11 @@ The digits dataset (1,797 real 8x8 images from scikit-learn, no download) is bui
 data dir on first use.
 
 Cost and result (measured; the README's quickstart shows the same numbers): from scratch on a 2-core
-CPU machine (AMD EPYC, AVX-512) on 3 Dec 2026 (fresh TFDS data dir, so including the dataset build,
-imports and compilation), seeds 0, 1, 2: test top-1 99.44%, 98.61%, 98.33% (EMA weights 99.44%,
-98.89%, 98.33%) in 94 s, 93 s and 87 s of wall time for the training command, at 622-979 training
-images/s (the same machine took 63-149 s on other days). Before the input pipeline took the reference's
-whole-pixel crop rule, the same command gave 99.16-99.72%.
+CPU machine (Intel Xeon, AVX-512) on 7 Dec 2026 (fresh TFDS data dir, so including the dataset build,
+imports and compilation), seed 0: test top-1 99.16% (EMA weights 99.16%) in 57 s of wall time for the
+training command, at 1,364-1,404 training images/s (107-109 s with EFFNETX_ALLOCATOR=glibc). On an AMD
+EPYC on 3 Dec, before mimalloc, seeds 0, 1, 2 gave 99.44%, 98.61%, 98.33% in 87-94 s. Before the input
+pipeline took the reference's whole-pixel crop rule, the same command gave 99.16-99.72%.
 """
 
 from effnetx_jax import recipe
