@@ -16,7 +16,8 @@ Sections, each printed as a table as soon as it is measured:
    matmuls, SE's gate folded into the projection's weights, k x k convs' kernel gradient as matmuls
    of shifted windows, the fused BatchNorm's own gradient): both settings of each timed for B0 and
    X-B0, which one is faster here, and whether the library's default picks it. The table's title also
-   names the XLA:CPU compile options the steps get here (`effnetx_jax.cpu_codegen`; none off the CPU).
+   names the XLA:CPU compile options the steps get here (`effnetx_jax.cpu_codegen`; none off the CPU); the
+   first line names the host allocator (`effnetx_jax.host_memory`: mimalloc on the CPU, left as started on a GPU).
 
 Timing: warm-up steps, then the median of `--steps` steps, each waited for (`block_until_ready`,
 `torch.cuda.synchronize`). `--out DIR` also writes results.json and the raw profile traces.
@@ -473,13 +474,20 @@ def main():
     settings = TINY if args.tiny else FULL
     sections = {int(s) for s in args.sections.split(",")}
 
+    from effnetx_jax import host_memory
+
+    host_memory.restart_with_mimalloc()  # as the command-line tools do where the steps run on the CPU (not on a GPU)
+    host_memory.retain_freed_memory()
     import jax
 
     if args.tiny:  # XLA's quick compile mode (as the tests use): exact programs, compiled in about half the time
         jax.config.update("jax_disable_most_optimizations", True)
     device = jax.devices()[0]
     torch_device = "cuda" if device.platform == "gpu" else "cpu"
-    print(f"JAX {jax.__version__} on {device.platform}:{device.device_kind}; settings {settings}")
+    print(
+        f"JAX {jax.__version__} on {device.platform}:{device.device_kind}; settings {settings}; "
+        f"host allocator: {host_memory.allocator()}"
+    )
     if not args.tiny and device.platform != "gpu":
         print("warning: no GPU: full settings on this backend will take a long time (use --tiny)")
     started = time.perf_counter()
