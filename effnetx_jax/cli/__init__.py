@@ -18,6 +18,11 @@ so it is one `error: ...` line and exit status 1, where a traceback would only b
 exception is a bug and keeps its traceback. `--traceback` (or `EFFNETX_TRACEBACK=1`) shows the traceback
 of a user's mistake too. Config files (`--config=path.py[:arg]`) are checked before anything else: a
 missing file or a syntax error is reported before JAX is imported.
+
+Host memory: a tool run as a program (its console script, `python -m`, `python train.py`) restarts itself
+with mimalloc as its malloc where the steps run on the CPU, once its settings and config files have been
+checked (`effnetx_jax.host_memory`); a tool called from Python with its arguments (the tests' `run_tool`)
+does not.
 """
 
 from __future__ import annotations
