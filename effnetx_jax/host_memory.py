@@ -22,8 +22,8 @@ as a training run keeps its peak anyway.
 A malloc cannot be swapped once the process runs, so `restart_with_mimalloc()` re-executes the program with
 mimalloc in `LD_PRELOAD` (the same process id, arguments and environment); the command-line tools call it
 first. From Python, call it first thing in a script (it restarts the script), or start the interpreter with
-`LD_PRELOAD` set to `mimalloc_library()`; in a notebook, call `retain_freed_memory()` before the first JAX
-computation instead.
+`LD_PRELOAD` set to `mimalloc_library()`; an interactive session (a REPL, IPython, a notebook's kernel) is
+never restarted: there, call `retain_freed_memory()` before the first JAX computation instead.
 
 `EFFNETX_ALLOCATOR` chooses: `mimalloc` (the default; glibc with freed memory retained where mimalloc cannot
 be preloaded), `glibc` (freed memory retained), or `system` (the process's allocator left as it is). It
@@ -107,10 +107,13 @@ def mimalloc_in_use() -> bool:
 
 def restart_with_mimalloc() -> None:
     """Re-executes this program with mimalloc preloaded, if `EFFNETX_ALLOCATOR` asks for it (the default),
-    the steps run on XLA:CPU on Linux, mimalloc is installed and not in use yet, and no `LD_PRELOAD` is set
-    (the user's own, or an earlier attempt that failed to load); otherwise returns and changes nothing.
-    Call it before anything else happens: the program starts again from the beginning."""
+    the steps run on XLA:CPU on Linux, mimalloc is installed and not in use yet, no `LD_PRELOAD` is set
+    (the user's own, or an earlier attempt that failed to load) and the process is not an interactive
+    session; otherwise returns and changes nothing. Call it before anything else happens: the program
+    starts again from the beginning."""
     if not _applies() or requested_allocator() != "mimalloc" or mimalloc_in_use() or os.environ.get("LD_PRELOAD"):
+        return
+    if _interactive():  # restarting a REPL or a notebook's kernel would lose its session
         return
     library = mimalloc_library()
     if library is None or not sys.executable:
@@ -119,6 +122,11 @@ def restart_with_mimalloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
+
+
+def _interactive() -> bool:
+    """Whether this process is an interactive session: Python's REPL (or `python -i`), IPython or Jupyter."""
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive) or "IPython" in sys.modules
 
 
 def retain_freed_memory() -> bool:

@@ -102,6 +102,16 @@ def test_left_alone_on_an_accelerator_and_under_the_users_own_preload():
 
 
 @linux_only
+def test_an_interactive_session_is_not_restarted():
+    # `python -i` with its input closed runs the script and exits; a restart would print the pid twice.
+    script = "import os; print(os.getpid()); from effnetx_jax import host_memory; host_memory.restart_with_mimalloc()"
+    environment = _clean_environment() | {"JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-i", "-c", script]
+    result = subprocess.run(command, env=environment, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert result.returncode == 0 and len(result.stdout.split()) == 1, result
+
+
+@linux_only
 def test_a_command_line_tool_runs_under_mimalloc():
     tool = "from effnetx_jax import cli, host_memory; cli.run(lambda argv: print(host_memory.allocator()))"
     environment = _clean_environment() | {"JAX_PLATFORMS": "cpu"}
