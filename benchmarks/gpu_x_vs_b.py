@@ -476,8 +476,7 @@ def main():
 
     from effnetx_jax import host_memory
 
-    host_memory.restart_with_mimalloc()  # as the command-line tools do where the steps run on the CPU (not on a GPU)
-    host_memory.retain_freed_memory()
+    host_memory.set_up()  # as the command-line tools do: on the CPU, this script starts again with mimalloc
     import jax
 
     if args.tiny:  # XLA's quick compile mode (as the tests use): exact programs, compiled in about half the time

@@ -131,8 +131,7 @@ def main():
 
     from effnetx_jax import cpu_codegen, host_memory
 
-    host_memory.restart_with_mimalloc()  # as effnetx-train and effnetx-bench do: this script starts again
-    host_memory.retain_freed_memory()  # glibc's settings where mimalloc is not in use; before JAX starts
+    host_memory.set_up()  # as the command-line tools do: on the CPU, this script starts again with mimalloc
     timm_preload = host_memory.mimalloc_library() if args.timm_allocator == "mimalloc" else None
     timm_process, connection = _start_timm(args.batch, args.threads, timm_preload)
 

@@ -20,10 +20,11 @@ timm on the CPU"). Freed memory is kept in the process (`MIMALLOC_PURGE_DELAY=-1
 as a training run keeps its peak anyway.
 
 A malloc cannot be swapped once the process runs, so `restart_with_mimalloc()` re-executes the program with
-mimalloc in `LD_PRELOAD` (the same process id, arguments and environment); the command-line tools call it
-first. From Python, call it first thing in a script (it restarts the script), or start the interpreter with
-`LD_PRELOAD` set to `mimalloc_library()`; an interactive session (a REPL, IPython, a notebook's kernel) is
-never restarted: there, call `retain_freed_memory()` before the first JAX computation instead.
+mimalloc in `LD_PRELOAD` (the same process id, arguments and environment); `set_up()`, which the
+command-line tools call first, does that and falls back to `retain_freed_memory()`. From Python, call
+`set_up()` first thing in a script (it restarts the script), or start the interpreter with `LD_PRELOAD` set
+to `mimalloc_library()`; an interactive session (a REPL, IPython, a notebook's kernel) is never restarted,
+so there `set_up()` before the first JAX computation gives glibc's fallback.
 
 `EFFNETX_ALLOCATOR` chooses: `mimalloc` (the default; glibc with freed memory retained where mimalloc cannot
 be preloaded), `glibc` (freed memory retained), or `system` (the process's allocator left as it is). It
@@ -146,6 +147,15 @@ def retain_freed_memory() -> bool:
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM))
     _retained = all(mallopt(parameter, value) == 1 for parameter, value in settings)
     return _retained
+
+
+def set_up(restart: bool = True) -> None:
+    """What a program does first: restarts with mimalloc where it applies (`restart`: False for a tool called
+    from Python, which must not replace its caller's process), then keeps glibc's freed memory where mimalloc
+    is not in use. Before JAX starts its threads."""
+    if restart:
+        restart_with_mimalloc()
+    retain_freed_memory()
 
 
 def allocator() -> str:

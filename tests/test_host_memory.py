@@ -20,8 +20,7 @@ _SECOND_ALLOCATION_FAULTS = """
 import ctypes, os, resource, sys, threading
 print(os.getpid(), flush=True)
 from effnetx_jax import host_memory
-host_memory.restart_with_mimalloc()
-host_memory.retain_freed_memory()
+host_memory.set_up()
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]

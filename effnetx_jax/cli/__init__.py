@@ -176,15 +176,13 @@ def run(
         print(_help(main))
         raise SystemExit(0)
     with one_line_errors("--traceback" in argv):
-        cpu_codegen.check_settings()  # refuses a bad EFFNETX_CPU_* or EFFNETX_ALLOCATOR setting before any work
+        # A bad EFFNETX_CPU_* or EFFNETX_ALLOCATOR setting is refused before any work.
+        cpu_codegen.check_settings()
         host_memory.check_settings()
         for flag, spec in _config_file_arguments(argv[1:], config_flags):
             check_config_file(spec, flag)
-    if is_program:
-        host_memory.restart_with_mimalloc()  # the program starts again with mimalloc, where it applies
+    host_memory.set_up(restart=is_program)  # a program starts again with mimalloc, where it applies
     _import_from_working_directory()
-    # Before JAX starts its threads: each picks its malloc arena on its first allocation.
-    host_memory.retain_freed_memory()
 
     def guarded(args):
         with one_line_errors(_TRACEBACK.value):
