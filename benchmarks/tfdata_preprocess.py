@@ -1,10 +1,12 @@
 """Our input pipeline against tf.data doing the reference's preprocessing, one core each, in one run.
 
     python benchmarks/tfdata_preprocess.py [--rounds=3] [--batches=32] [--dataset=synthetic_imagenet/bench]
+    python benchmarks/tfdata_preprocess.py --dataset=folder:ROOT --train_split=train --eval_split=train
 
 Each round times, back to back, our training pipeline (`effnetx_jax.data.train_loader` in this
 process with one reader thread, as `effnetx-data-bench` does: the records read from their TFDS
-array_record files, decoded, cropped, resized and batched), tf.data on the same images, then both
+array_record files, or the files of an image folder dataset, decoded, cropped, resized and
+batched), tf.data on the same images, then both
 evaluation pipelines, and prints the ratios; the last line gives their medians. tf.data reads the
 same JPEG bytes (into memory first, so that only its preprocessing is timed) and runs, with TF ops
 on one core (a private thread pool of one thread, `num_parallel_calls=1`, intra/inter-op
@@ -94,7 +96,6 @@ def main():
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
-    import tensorflow_datasets as tfds
     from absl import flags
 
     from effnetx_jax import data
@@ -111,13 +112,12 @@ def main():
         train_split=args.train_split,
         eval_split=args.eval_split,
     )
-    builder = sources.ensure_prepared(args.dataset, args.data_dir)
     pipelines = []
-    for name, split, preprocess, ours in [
-        ("train", args.train_split, train_preprocess(args.resolution, tf), lambda: data.train_loader(config)),
-        ("eval", args.eval_split, eval_preprocess(args.resolution, tf), lambda: data.eval_batches(config)),
+    for name, split_key, preprocess, ours in [
+        ("train", "train_split", train_preprocess(args.resolution, tf), lambda: data.train_loader(config)),
+        ("eval", "eval_split", eval_preprocess(args.resolution, tf), lambda: data.eval_batches(config)),
     ]:
-        source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        source = sources.open_split(config, split_key)
         images = [source[i]["image"] for i in range(len(source))]
         # Our eval pipeline is one pass over the split: time at most the batches it has after the warmup.
         batches = min(args.batches, len(images) // args.batch - args.warmup_batches)
