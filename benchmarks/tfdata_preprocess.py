@@ -6,11 +6,10 @@
 Each round times, back to back, our training pipeline (`effnetx_jax.data.train_loader` in this
 process with one reader thread, as `effnetx-data-bench` does: the records read from their TFDS
 array_record files, or the files of an image folder dataset, decoded, cropped, resized and
-batched), tf.data on the same images, then both
-evaluation pipelines, and prints the ratios; the last line gives their medians. tf.data reads the
-same JPEG bytes (into memory first, so that only its preprocessing is timed) and runs, with TF ops
-on one core (a private thread pool of one thread, `num_parallel_calls=1`, intra/inter-op
-parallelism 1):
+batched), tf.data on the same images, then both evaluation pipelines, and prints the ratios; the
+last line gives their medians. tf.data reads the same JPEG bytes (into memory first, so that only
+its preprocessing is timed) and runs, with TF ops on one core (a private thread pool of one thread,
+`num_parallel_calls=1`, intra/inter-op parallelism 1):
 - train: `sample_distorted_bounding_box` (min object covered 0.1, aspect 3/4..4/3, area 0.08..1,
   10 attempts) -> `decode_and_crop_jpeg` (only the crop's blocks are decoded), the centre crop when
   the box is the whole image, TF1's `resize_bicubic` to the resolution, random left-right flip;
