@@ -2,14 +2,20 @@
 
     python benchmarks/tfdata_preprocess.py [--rounds=3] [--batches=32] [--dataset=synthetic_imagenet/bench]
     python benchmarks/tfdata_preprocess.py --dataset=folder:ROOT --train_split=train --eval_split=train
+    python benchmarks/tfdata_preprocess.py --tf_input=memory
 
 Each round times, back to back, our training pipeline (`effnetx_jax.data.train_loader` in this
 process with one reader thread, as `effnetx-data-bench` does: the records read from their TFDS
 array_record files, or the files of an image folder dataset, decoded, cropped, resized and
 batched), tf.data on the same images, then both evaluation pipelines, and prints the ratios; the
-last line gives their medians. tf.data reads the same JPEG bytes (into memory first, so that only
-its preprocessing is timed) and runs, with TF ops on one core (a private thread pool of one thread,
-`num_parallel_calls=1`, intra/inter-op parallelism 1):
+last line gives their medians. tf.data reads the same images as the reference's input function
+reads ImageNet (`--tf_input=files`, the default): the split's serialized `tf.train.Example`s,
+byte for byte those of our records, written once to a TFRecord file that `TFRecordDataset` (8 MiB
+buffer) reads, shuffled through a buffer of 1,024 in training, then `parse_single_example` of the
+image and label; for an image folder, `read_file` of each file. `--tf_input=memory` gives tf.data
+the encoded images from memory instead, so that only its preprocessing is timed. tf.data runs with
+TF ops on one core (a private thread pool of one thread, `num_parallel_calls=1`, intra/inter-op
+parallelism 1):
 - train: `sample_distorted_bounding_box` (min object covered 0.1, aspect 3/4..4/3, area 0.08..1,
   10 attempts) -> `decode_and_crop_jpeg` (only the crop's blocks are decoded), the centre crop when
   the box is the whole image, TF1's `resize_bicubic` to the resolution, random left-right flip;
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 
 
@@ -65,9 +72,39 @@ def eval_preprocess(resolution: int, tf):
     return preprocess
 
 
-def images_per_second(images: list[bytes], preprocess, batch: int, batches: int, warmup: int, tf) -> float:
-    dataset = tf.data.Dataset.from_tensor_slices(images).repeat()
-    dataset = dataset.map(preprocess, num_parallel_calls=1).batch(batch).prefetch(1)
+def tf_records(source, tf_input: str, record_file: str, tf):
+    """tf.data's input for the split `source`: a dataset of what it reads per example, and the function
+    that turns one element into (encoded image, label). A TFDS split is written to `record_file`."""
+    if tf_input == "memory":
+        records = [source[i] for i in range(len(source))]
+        dataset = tf.data.Dataset.from_tensor_slices(([r["image"] for r in records], [r["label"] for r in records]))
+        return dataset, lambda image, label: (image, label)
+    if hasattr(source, "paths"):  # an image folder: one file per image
+        dataset = tf.data.Dataset.from_tensor_slices((list(source.paths), list(source.labels)))
+        return dataset, lambda path, label: (tf.io.read_file(path), label)
+    with tf.io.TFRecordWriter(record_file) as writer:
+        for index in range(len(source)):
+            writer.write(source.serialized[index])
+    features = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, features)
+        return example["image"], example["label"]
+
+    return tf.data.TFRecordDataset(record_file, buffer_size=8 << 20), parse
+
+
+def images_per_second(records, preprocess, shuffle: bool, batch: int, batches: int, warmup: int, tf) -> float:
+    dataset, read = records
+    dataset = dataset.repeat()
+    if shuffle:
+        dataset = dataset.shuffle(1024)
+
+    def example(*element):
+        image, label = read(*element)
+        return preprocess(image), label
+
+    dataset = dataset.map(example, num_parallel_calls=1).batch(batch).prefetch(1)
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
     options.autotune.enabled = False
@@ -78,6 +115,42 @@ def images_per_second(images: list[bytes], preprocess, batch: int, batches: int,
     for _ in range(batches):
         next(iterator)
     return batch * batches / (time.perf_counter() - start)
+
+
+def make_pipelines(config, args, scratch: str, tf) -> list:
+    """(name, tf.data's input, tf.data's preprocessing, our pipeline, batches to time) for train and eval."""
+    from effnetx_jax import data
+    from effnetx_jax.data import sources
+
+    pipelines = []
+    for name, split_key, preprocess, ours in [
+        ("train", "train_split", train_preprocess(args.resolution, tf), lambda: data.train_loader(config)),
+        ("eval", "eval_split", eval_preprocess(args.resolution, tf), lambda: data.eval_batches(config)),
+    ]:
+        source = sources.open_split(config, split_key)
+        records = tf_records(source, args.tf_input, os.path.join(scratch, f"{name}.tfrecord"), tf)
+        # Our eval pipeline is one pass over the split: time at most the batches it has after the warmup.
+        batches = min(args.batches, len(source) // args.batch - args.warmup_batches)
+        pipelines.append((name, records, preprocess, ours, batches))
+    return pipelines
+
+
+def compare(pipelines, args, tf) -> None:
+    """Times both sides of each pipeline back to back, `args.rounds` times; prints each round and the medians."""
+    from effnetx_jax.data import speed
+
+    ratios = {name: [] for name, *_ in pipelines}
+    for round_index in range(1, args.rounds + 1):
+        cells = []
+        for name, records, preprocess, ours, batches in pipelines:
+            our_rate = speed.images_per_second(ours(), args.warmup_batches, batches)
+            shuffle = name == "train" and args.tf_input == "files"
+            tf_rate = images_per_second(records, preprocess, shuffle, args.batch, batches, args.warmup_batches, tf)
+            ratios[name].append(ratio := our_rate / tf_rate)
+            cells.append(f"{name}: ours {our_rate:5.0f} img/s, tf.data {tf_rate:5.0f} img/s, ratio {ratio:.2f}")
+        print(f"round {round_index}: " + "   ".join(cells), flush=True)
+    medians = ", ".join(f"{name} {statistics.median(values):.2f}" for name, values in ratios.items())
+    print(f"median ours / tf.data, 1 core: {medians}")
 
 
 def main():
@@ -91,14 +164,19 @@ def main():
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--warmup_batches", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--tf_input",
+        choices=("files", "memory"),
+        default="files",
+        help="tf.data reads each example from the split's files, as the reference does, or from memory",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     from absl import flags
 
-    from effnetx_jax import data
-    from effnetx_jax.data import sources, speed
+    from effnetx_jax.data import speed
 
     flags.FLAGS.mark_as_parsed()  # Grain reads its absl flags; this script parses its own
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -111,27 +189,9 @@ def main():
         train_split=args.train_split,
         eval_split=args.eval_split,
     )
-    pipelines = []
-    for name, split_key, preprocess, ours in [
-        ("train", "train_split", train_preprocess(args.resolution, tf), lambda: data.train_loader(config)),
-        ("eval", "eval_split", eval_preprocess(args.resolution, tf), lambda: data.eval_batches(config)),
-    ]:
-        source = sources.open_split(config, split_key)
-        images = [source[i]["image"] for i in range(len(source))]
-        # Our eval pipeline is one pass over the split: time at most the batches it has after the warmup.
-        batches = min(args.batches, len(images) // args.batch - args.warmup_batches)
-        pipelines.append((name, images, preprocess, ours, batches))
-    ratios = {name: [] for name, *_ in pipelines}
-    for round_index in range(1, args.rounds + 1):
-        cells = []
-        for name, images, preprocess, ours, batches in pipelines:
-            our_rate = speed.images_per_second(ours(), args.warmup_batches, batches)
-            tf_rate = images_per_second(images, preprocess, args.batch, batches, args.warmup_batches, tf)
-            ratios[name].append(ratio := our_rate / tf_rate)
-            cells.append(f"{name}: ours {our_rate:5.0f} img/s, tf.data {tf_rate:5.0f} img/s, ratio {ratio:.2f}")
-        print(f"round {round_index}: " + "   ".join(cells), flush=True)
-    medians = ", ".join(f"{name} {statistics.median(values):.2f}" for name, values in ratios.items())
-    print(f"median ours / tf.data, 1 core: {medians}")
+    with tempfile.TemporaryDirectory(prefix="tfdata_preprocess-") as scratch:
+        print(f"tf.data input: {args.tf_input}", flush=True)
+        compare(make_pipelines(config, args, scratch, tf), args, tf)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 folders, undecodable files, the augmentation preview on real photos, and two training steps with
 the full augmentation."""
 
+import functools
 import io
 import logging
 import os
@@ -201,7 +202,15 @@ def _write_bad_files(folder, count):
             file.write(photo()[: 2000 + index])  # truncated JPEGs
 
 
-def test_an_undecodable_image_is_skipped_counted_and_logged(tmp_path, caplog):
+def _filled_with_sevens(new_array, *args, **kwargs):
+    array = new_array(*args, **kwargs)
+    array.fill(7)
+    return array
+
+
+def test_an_undecodable_image_is_skipped_counted_and_logged(tmp_path, caplog, monkeypatch):
+    # Batches are allocated uninitialised: new arrays that hold 7s show a row left unwritten.
+    monkeypatch.setattr(np, "empty", functools.partial(_filled_with_sevens, np.empty))
     write_image_folder(str(tmp_path), {"train": 15, "val": 4}, max_side=60)
     _write_bad_files(tmp_path / "train" / "class_0", 1)
     config = image_config(f"folder:{tmp_path}", eval_split="val", batch_size=16)

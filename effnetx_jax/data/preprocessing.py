@@ -270,10 +270,11 @@ def eval_view(config) -> EvalView:
 # ------------------------------------------------------------------------------------------------
 
 
-def empty_batch(batch_size: int, image_shape) -> dict[str, np.ndarray]:
-    """An all-masked batch of zeros with the keys, dtypes and shapes of every batch the pipelines make."""
+def empty_batch(batch_size: int, image_shape, new_images=np.zeros) -> dict[str, np.ndarray]:
+    """An all-masked batch of zeros with the keys, dtypes and shapes of every batch the pipelines make;
+    its images are allocated by `new_images` (np.empty: for a batch whose every row will be written)."""
     return {
-        "image": np.zeros((batch_size, *image_shape), np.uint8),
+        "image": new_images((batch_size, *image_shape), np.uint8),
         "label": np.zeros(batch_size, np.int32),
         "mask": np.zeros(batch_size, np.float32),
         "skipped": np.zeros(batch_size, np.float32),
@@ -294,7 +295,7 @@ class ReadBatch(grain.transforms.Map):
 
     Each view goes straight into its row of the batch, with no per-example array, Grain stage or
     stacking copy (what that saves: docs/data.md, "Input pipeline speed"). The epoch of an example is its stream
-    position // `num_examples`. An image that cannot be decoded stays black with mask 0; a batch where
+    position // `num_examples`. An image that cannot be decoded comes out black with mask 0; a batch where
     most cannot stops the run: the data, not one file, is broken.
     """
 
@@ -305,7 +306,8 @@ class ReadBatch(grain.transforms.Map):
 
     def map(self, ids):
         size = self.view.size
-        batch = empty_batch(len(ids), (size, size, 3))
+        # Each row is written by its view, or zeroed below: no pass that zeroes the whole batch first.
+        batch = empty_batch(len(ids), (size, size, 3), new_images=np.empty)
         for row, (position, index) in enumerate(ids.tolist()):
             record = {**self.source[index], "index": index, "epoch": position // self.num_examples}
             batch["label"][row] = record["label"]
@@ -313,6 +315,7 @@ class ReadBatch(grain.transforms.Map):
                 self.view.fill(record, batch["image"][row])
             except decode.UndecodableImage as error:
                 logging.warning("%s: skipping the image at %s: %s", self.view.dataset, _where(record), error)
+                batch["image"][row] = 0
                 batch["skipped"][row] = 1.0
             else:
                 batch["mask"][row] = 1.0
