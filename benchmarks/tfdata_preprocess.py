@@ -75,11 +75,13 @@ def eval_preprocess(resolution: int, tf):
 def tf_records(source, tf_input: str, record_file: str, tf):
     """tf.data's input for the split `source`: a dataset of what it reads per example, and the function
     that turns one element into (encoded image, label). A TFDS split is written to `record_file`."""
+    from effnetx_jax.data import sources
+
     if tf_input == "memory":
         records = [source[i] for i in range(len(source))]
         dataset = tf.data.Dataset.from_tensor_slices(([r["image"] for r in records], [r["label"] for r in records]))
         return dataset, lambda image, label: (image, label)
-    if hasattr(source, "paths"):  # an image folder: one file per image
+    if isinstance(source, sources.ImageFolderSplit):  # one file per image
         dataset = tf.data.Dataset.from_tensor_slices((list(source.paths), list(source.labels)))
         return dataset, lambda path, label: (tf.io.read_file(path), label)
     with tf.io.TFRecordWriter(record_file) as writer:
